@@ -1,0 +1,72 @@
+# georep — the commands people and CI use.
+#   make demo   start the local stack, push a multi-arch image, watch it reach both regions, stop
+#   make test   lint, type-check, unit and integration tests (starts and stops its own stack)
+#   make up / make down   the local stack, in the background, for poking around
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+CACHE := $(CURDIR)/.cache
+export PIP_CACHE_DIR := $(CACHE)/pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+KAFKA_STAMP := $(CACHE)/kafka/libs/.complete
+VENV_STAMP := $(VENV)/.installed
+SYSTEM_STAMP := $(CACHE)/.system-packages
+
+.PHONY: install up down demo test lint typecheck unit integration clean
+
+install: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP)
+
+# Debian's CNCF distribution 2.8.2 and skopeo 1.9.3: the registries and the client users push with.
+$(SYSTEM_STAMP):
+	@if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null || ! command -v java >/dev/null; then \
+	  echo "installing docker-registry, skopeo and a JRE from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo default-jre-headless >/dev/null; \
+	fi
+	@mkdir -p $(CACHE) && touch $@
+
+$(VENV_STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[dev]'
+	@touch $@
+
+# Apache Kafka from Maven Central: the broker and its runtime classpath, copied into the ignored cache.
+$(KAFKA_STAMP): deploy/local/kafka/pom.xml
+	@command -v mvn >/dev/null || { echo "need Maven (mvn) to fetch Kafka"; exit 1; }
+	rm -rf $(CACHE)/kafka/libs
+	mvn -q -B -f deploy/local/kafka/pom.xml -Dmaven.repo.local=$(CACHE)/m2 \
+	  dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CACHE)/kafka/libs
+	@touch $@
+
+kafka: $(KAFKA_STAMP)
+
+up: install
+	$(PY) -m deploy.local.stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m deploy.local.stack down; fi
+
+demo: install
+	$(PY) -m deploy.local.demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy .
+
+unit: install
+	$(VENV)/bin/pytest tests/unit -q
+
+integration: install
+	$(VENV)/bin/pytest tests/integration -q
+
+test: install lint typecheck
+	$(VENV)/bin/pytest tests -q
+
+clean: down
+	rm -rf .georep

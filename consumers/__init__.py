@@ -1,0 +1,1 @@
+"""What reads Kafka: the per-region replicator and the log consumer."""

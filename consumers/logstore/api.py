@@ -1,0 +1,64 @@
+"""The log store's HTTP side.
+
+    GET /logs      ?repository= &tag= &digest= &region= &status= &event_id= &since= &until= &limit=
+                   -> {"records": [ReplicationRecord, ...]}, newest first
+    GET /healthz   -> {"status": "ok", "records": <row count>}
+    GET /metrics   Prometheus
+
+A parameter georep cannot read is answered 400 with `{"error", "reason"}`,
+the reason naming the parameter and why, so that a typo never looks like an
+empty log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from consumers.logstore.query import LogQuery, problems
+from consumers.logstore.store import LogStore
+from georep.runtime import metrics_handler
+
+log = structlog.get_logger(__name__)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _bad_query(reason: str) -> web.Response:
+    return _json({"error": "invalid-query", "reason": reason}, status=400)
+
+
+def build_app(store: LogStore) -> web.Application:
+    """The aiohttp application over an open `store`; the caller owns the store's lifetime."""
+
+    async def logs(request: web.Request) -> web.Response:
+        repeated = sorted({name for name in request.query if len(request.query.getall(name)) > 1})
+        if repeated:
+            return _bad_query("; ".join(f"{name}: given more than once" for name in repeated))
+        try:
+            query = LogQuery.model_validate(dict(request.query))
+        except ValidationError as exc:
+            return _bad_query("; ".join(f"{name}: {why}" for name, why in problems(exc)))
+        records = await store.query(query)
+        return _json({"records": [record.model_dump(mode="json", by_alias=True) for record in records]})
+
+    async def healthz(_: web.Request) -> web.Response:
+        try:
+            count = await store.count()
+        except sqlite3.Error as exc:
+            log.warning("logstore.health_failed", error=str(exc))
+            return _json({"status": "error", "reason": f"the log database cannot be read: {exc}"}, status=503)
+        return _json({"status": "ok", "records": count})
+
+    app = web.Application()
+    app.router.add_get("/logs", logs)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app

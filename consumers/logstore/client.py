@@ -1,0 +1,107 @@
+"""Reading the replication log from outside: the log store over HTTP, or the topic live."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Final
+
+import aiohttp
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from consumers.logstore.aio import unless_stopped
+from consumers.logstore.query import LogQuery
+from consumers.logstore.wire import decode_record
+from engine.errors import InvalidEvent
+from engine.events import ReplicationRecord
+from engine.settings import KafkaSettings
+
+log = structlog.get_logger(__name__)
+
+_POLL_MS: Final = 1000
+
+
+class LogsUnavailable(Exception):
+    """The log could not be read; the message says why, in one line, for a person."""
+
+
+async def fetch(url: str, query: LogQuery, timeout_s: float = 30.0) -> list[ReplicationRecord]:
+    """The records the log store at `url` holds for `query`, newest first."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+            session.get(f"{url}/logs", params=query.to_params()) as response,
+        ):
+            status, body = response.status, await response.read()
+    except aiohttp.ClientError as exc:
+        raise LogsUnavailable(f"cannot reach the log store at {url}: {exc}") from None
+    except TimeoutError:
+        raise LogsUnavailable(f"the log store at {url} did not answer within {timeout_s:g}s") from None
+    if status == 400:
+        raise LogsUnavailable(f"the log store refused the query: {_reason(body)}")
+    if status != 200:
+        raise LogsUnavailable(f"the log store at {url} answered HTTP {status}: {_reason(body)}")
+    try:
+        return [ReplicationRecord.model_validate(item) for item in orjson.loads(body)["records"]]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError) as exc:
+        raise LogsUnavailable(f"the log store at {url} sent an answer georep cannot read: {exc}") from None
+
+
+def _reason(body: bytes) -> str:
+    try:
+        return str(orjson.loads(body)["reason"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return body[:200].decode(errors="replace").strip() or "(no reason given)"
+
+
+async def tail(
+    kafka: KafkaSettings, query: LogQuery, stop: asyncio.Event, *, from_beginning: bool = False
+) -> AsyncGenerator[ReplicationRecord, None]:
+    """Records matching `query` as they arrive on the log topic, until `stop` is set.
+
+    No consumer group: following the log must not take partitions from the
+    log store or leave committed offsets behind.
+    """
+    consumer = AIOKafkaConsumer(
+        kafka.log_topic,
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{kafka.client_id}-logs-follow",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        request_timeout_ms=kafka.request_timeout_ms,
+    )
+    try:
+        await consumer.start()
+        # Fix the starting point now; a lazy reset at the first fetch would
+        # skip whatever is published in between.
+        await (consumer.seek_to_beginning() if from_beginning else consumer.seek_to_end())
+    except BaseException as exc:
+        await consumer.stop()
+        if isinstance(exc, KafkaError | OSError):
+            raise LogsUnavailable(
+                f"cannot follow {kafka.log_topic} on Kafka at {kafka.bootstrap_servers}: {type(exc).__name__} {exc}"
+            ) from None
+        raise
+    try:
+        while not stop.is_set():
+            batch = await unless_stopped(consumer.getmany(timeout_ms=_POLL_MS), stop)
+            records = []
+            for tp, messages in (batch or {}).items():
+                for message in messages:
+                    try:
+                        records.append(decode_record(message.value))
+                    except InvalidEvent as exc:
+                        log.warning(
+                            "logs.invalid_record", reason=str(exc), partition=tp.partition, offset=message.offset
+                        )
+            # Partitions arrive one after another; show a batch in the order things finished.
+            for record in sorted(records, key=lambda r: r.finished_at):
+                if query.matches(record):
+                    yield record
+    finally:
+        await consumer.stop()

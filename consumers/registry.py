@@ -1,0 +1,184 @@
+"""A small asyncio client for the OCI distribution pull API: manifests and blobs.
+
+No well-kept asyncio OCI client exists in Python, so this is ours, and only
+what replication needs: GET a manifest by digest, stream a blob, list the
+catalog and tags. Auth: anonymous, basic, and bearer tokens obtained from the
+realm a 401 challenge names (with the basic credentials, if configured).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+import orjson
+import structlog
+
+from engine.digest import Digest
+from engine.errors import GeorepError, NotFoundUpstream, UpstreamUnavailable
+from engine.manifests import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from engine.names import Repository
+from engine.settings import PrimarySettings
+
+log = structlog.get_logger(__name__)
+
+_CHALLENGE_PARAM: Final = re.compile(r'(\w+)="([^"]*)"')
+
+
+class UpstreamRefused(GeorepError):
+    """The primary refused a request in a way retrying cannot fix (400, 405, ...)."""
+
+    reason = "upstream-refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    scheme: str
+    params: dict[str, str]
+
+
+def parse_challenge(header: str) -> Challenge:
+    """`Bearer realm="…",service="…",scope="…"` → Challenge('bearer', {...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    return Challenge(scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest)))
+
+
+@dataclass(slots=True)
+class _Token:
+    value: str
+    expires_at: float
+
+
+class RegistryClient:
+    def __init__(self, settings: PrimarySettings, session: aiohttp.ClientSession) -> None:
+        self._base = settings.url
+        self._session = session
+        self._basic: aiohttp.BasicAuth | None = None
+        if settings.username is not None:
+            password = settings.password.get_secret_value() if settings.password else ""
+            self._basic = aiohttp.BasicAuth(settings.username, password)
+        self._tokens: dict[str, _Token] = {}
+        self._use_basic = False
+
+    @staticmethod
+    def session(settings: PrimarySettings, connections: int = 32) -> aiohttp.ClientSession:
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=settings.timeout_s)
+        connector = aiohttp.TCPConnector(limit=connections, ssl=bool(settings.tls_verify))
+        return aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False)
+
+    async def manifest(self, repository: Repository, digest: Digest) -> Manifest:
+        """Fetch a manifest by digest and verify it; raises NotFoundUpstream if the primary lacks it."""
+        path = f"/v2/{repository}/manifests/{digest}"
+        async with self._get(path, repository, {"Accept": ACCEPT}) as response:
+            raw = await response.content.read(MAX_MANIFEST_BYTES + 1)
+            content_type = response.headers.get("Content-Type")
+        return parse_manifest(raw, digest, content_type)
+
+    @asynccontextmanager
+    async def blob(self, repository: Repository, digest: Digest) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The open response for a blob; the caller streams `response.content` and verifies the digest."""
+        async with self._get(f"/v2/{repository}/blobs/{digest}", repository, {}) as response:
+            yield response
+
+    async def catalog(self, page_size: int = 1000) -> AsyncIterator[Repository]:
+        path: str | None = f"/v2/_catalog?n={page_size}"
+        while path:
+            async with self._get(path, None, {}) as response:
+                doc = await response.json(loads=orjson.loads)
+                path = _next_page(response)
+            for name in doc.get("repositories") or []:
+                yield Repository.parse(name)
+
+    async def tags(self, repository: Repository, page_size: int = 1000) -> AsyncIterator[str]:
+        path: str | None = f"/v2/{repository}/tags/list?n={page_size}"
+        while path:
+            async with self._get(path, repository, {}) as response:
+                doc = await response.json(loads=orjson.loads)
+                path = _next_page(response)
+            for tag in doc.get("tags") or []:
+                yield str(tag)
+
+    async def ping(self) -> None:
+        async with self._get("/v2/", None, {}):
+            pass
+
+    @asynccontextmanager
+    async def _get(
+        self, path: str, repository: Repository | None, headers: dict[str, str]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        scope = f"repository:{repository}:pull" if repository else "registry:catalog:*"
+        url = self._base + path
+        try:
+            response = await self._session.get(url, headers=self._auth_headers(scope) | headers)
+            if response.status == 401 and await self._answer_challenge(response, scope):
+                response.release()
+                response = await self._session.get(url, headers=self._auth_headers(scope) | headers)
+            try:
+                _raise_for_status(response, path)
+                yield response
+            finally:
+                response.release()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(f"primary registry unreachable: {type(exc).__name__}: {exc}", path=path) from exc
+
+    def _auth_headers(self, scope: str) -> dict[str, str]:
+        token = self._tokens.get(scope)
+        if token is not None and token.expires_at > time.monotonic():
+            return {"Authorization": f"Bearer {token.value}"}
+        if self._use_basic and self._basic is not None:
+            return {"Authorization": self._basic.encode()}
+        return {}
+
+    async def _answer_challenge(self, response: aiohttp.ClientResponse, scope: str) -> bool:
+        """Learn how to authenticate from a 401; True if a retry may now succeed."""
+        challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        if challenge.scheme == "basic" and self._basic is not None and not self._use_basic:
+            self._use_basic = True
+            return True
+        if challenge.scheme == "bearer" and "realm" in challenge.params:
+            self._tokens[scope] = await self._fetch_token(challenge, scope)
+            return True
+        return False
+
+    async def _fetch_token(self, challenge: Challenge, scope: str) -> _Token:
+        params = {"scope": challenge.params.get("scope", scope)}
+        if "service" in challenge.params:
+            params["service"] = challenge.params["service"]
+        async with self._session.get(challenge.params["realm"], params=params, auth=self._basic) as response:
+            if response.status != 200:
+                raise UpstreamUnavailable(f"token endpoint answered {response.status}", realm=challenge.params["realm"])
+            doc: dict[str, Any] = await response.json(loads=orjson.loads, content_type=None)
+        value = doc.get("token") or doc.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise UpstreamUnavailable("token endpoint answered without a token")
+        # Renew a little early so a token never expires mid-request.
+        lifetime = float(doc.get("expires_in") or 60)
+        return _Token(value, time.monotonic() + max(lifetime - 10, 1))
+
+
+def _raise_for_status(response: aiohttp.ClientResponse, path: str) -> None:
+    status = response.status
+    if status < 300:
+        return
+    if status == 404:
+        raise NotFoundUpstream(f"primary registry has no {path}", path=path)
+    if status in (401, 403):
+        # Wrong or missing credentials are fixed by an operator, not by giving up on the event.
+        raise UpstreamUnavailable(f"primary registry refused credentials ({status}) for {path}", path=path)
+    if status == 429 or status >= 500:
+        raise UpstreamUnavailable(f"primary registry answered {status} for {path}", path=path)
+    raise UpstreamRefused(f"primary registry answered {status} for {path}", path=path)
+
+
+def _next_page(response: aiohttp.ClientResponse) -> str | None:
+    """The path of the next page from an RFC 5988 `Link: <…>; rel="next"` header."""
+    link = response.headers.get("Link")
+    if not link:
+        return None
+    target = link.split(";")[0].strip().strip("<>")
+    return target if target.startswith("/v2/") else None

@@ -1,0 +1,200 @@
+"""A region's S3-compatible bucket, as replication needs it.
+
+Immutable content is written with `If-None-Match: *` so that a concurrent or
+replayed copy of the same blob is a no-op (412 means "already there"). Large
+blobs go through a multipart upload this module drives itself (aioboto3's
+`upload_fileobj` drops `IfNoneMatch` on multipart) and aborts on any
+exception, cancellation included, so a crash never leaves a visible object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import aioboto3
+import structlog
+from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from engine.errors import StorageUnavailable
+from engine.settings import RegionSettings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+else:
+    S3Client = CompletedPartTypeDef = Any
+
+log = structlog.get_logger(__name__)
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _unavailable(exc: Exception, key: str) -> StorageUnavailable:
+    detail = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else type(exc).__name__
+    return StorageUnavailable(f"object store failed on {key}: {detail or exc}", key=key)
+
+
+class RegionStore:
+    def __init__(self, client: S3Client, bucket: str) -> None:
+        self._s3 = client
+        self.bucket = bucket
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, region: RegionSettings, connections: int = 64) -> AsyncIterator[RegionStore]:
+        session = aioboto3.Session()
+        config = AioConfig(
+            s3={"addressing_style": "path"},
+            max_pool_connections=connections,
+            retries={"max_attempts": 2, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+        )
+        access_key, secret_key = region.credentials()
+        async with AsyncExitStack() as stack:
+            client = await stack.enter_async_context(
+                session.client(
+                    "s3",
+                    endpoint_url=region.endpoint,
+                    aws_access_key_id=access_key,
+                    aws_secret_access_key=secret_key,
+                    region_name=region.s3_region,
+                    config=config,
+                )
+            )
+            yield cls(client, region.bucket)
+
+    async def check(self) -> None:
+        """Raise StorageUnavailable unless the bucket exists and these credentials reach it."""
+        try:
+            await self._s3.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise _unavailable(exc, f"bucket {self.bucket}") from exc
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return False
+            raise _unavailable(exc, key) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise _unavailable(exc, key) from exc
+        return True
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            response = await self._s3.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+                return data
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise _unavailable(exc, key) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise _unavailable(exc, key) from exc
+
+    async def put(self, key: str, body: bytes, *, if_absent: bool) -> bool:
+        """Write `body`; with `if_absent`, an existing key is left alone. True if this call wrote it."""
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            await self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=len(body), **extra)
+        except ClientError as exc:
+            if if_absent and _status(exc) == 412:
+                return False
+            raise _unavailable(exc, key) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise _unavailable(exc, key) from exc
+        return True
+
+    @asynccontextmanager
+    async def multipart(self, key: str) -> AsyncIterator[Multipart]:
+        """A multipart upload that is aborted unless `complete()` succeeded inside the block."""
+        try:
+            created = await self._s3.create_multipart_upload(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise _unavailable(exc, key) from exc
+        upload = Multipart(self._s3, self.bucket, key, created["UploadId"])
+        try:
+            yield upload
+        finally:
+            if not upload.completed:
+                # Shielded: a cancelled task must still abort, or the parts linger unseen.
+                await asyncio.shield(upload.abort())
+
+    async def open_uploads(self, prefix: str = "") -> list[tuple[str, str, datetime]]:
+        """(key, upload id, initiated) of every unfinished multipart upload under `prefix`."""
+        found: list[tuple[str, str, datetime]] = []
+        paginator = self._s3.get_paginator("list_multipart_uploads")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                found += [(u["Key"], u["UploadId"], u["Initiated"]) for u in page.get("Uploads", [])]
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise _unavailable(exc, prefix) from exc
+        return found
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if _status(exc) != 404:
+                raise _unavailable(exc, key) from exc
+
+
+class Multipart:
+    def __init__(self, client: S3Client, bucket: str, key: str, upload_id: str) -> None:
+        self._s3 = client
+        self._bucket = bucket
+        self.key = key
+        self.upload_id = upload_id
+        self._parts: list[tuple[int, str]] = []
+        self.completed = False
+
+    async def upload_part(self, number: int, data: bytes) -> None:
+        try:
+            response = await self._s3.upload_part(
+                Bucket=self._bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentLength=len(data),
+            )
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise _unavailable(exc, self.key) from exc
+        self._parts.append((number, response["ETag"]))
+
+    async def complete(self) -> bool:
+        """Make the object visible unless it already exists; True if this upload created it."""
+        parts: list[CompletedPartTypeDef] = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(self._parts)]
+        try:
+            await self._s3.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if _status(exc) == 412:
+                return False  # the upload stays open: the context manager aborts it
+            raise _unavailable(exc, self.key) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise _unavailable(exc, self.key) from exc
+        self.completed = True
+        return True
+
+    async def abort(self) -> None:
+        try:
+            await self._s3.abort_multipart_upload(Bucket=self._bucket, Key=self.key, UploadId=self.upload_id)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            # The replicator's sweep of open uploads removes what this could not.
+            log.warning("store.abort_failed", key=self.key, upload_id=self.upload_id, error=str(exc))

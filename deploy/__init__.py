@@ -1,0 +1,1 @@
+"""How georep runs elsewhere: the local stack, compose, Kubernetes and registry configs."""

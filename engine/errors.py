@@ -1,0 +1,78 @@
+"""The one exception tree of georep.
+
+    GeorepError                      retriable=False, max_attempts=1
+    ├── InvalidInput                 bad data from outside: a request, an event, a setting
+    │   ├── InvalidDigest
+    │   ├── InvalidName              repository name or tag outside the OCI grammar
+    │   ├── InvalidEvent             an event or notification georep cannot read
+    │   └── InvalidManifest          a manifest georep cannot parse or does not support
+    ├── NotFoundUpstream             the primary no longer has the manifest or blob
+    ├── DigestMismatch               bytes do not hash to their digest (retried a few times)
+    ├── UpstreamUnavailable          the primary is unreachable or answers 5xx (retried)
+    └── StorageUnavailable           the region's object store is unreachable or 5xx (retried)
+
+`retriable` says whether doing the same thing again may succeed; `max_attempts`
+bounds how often (None: until it does). Context lives in fields, not only in
+the message, so that logs and replication records can carry it.
+"""
+
+from __future__ import annotations
+
+
+class GeorepError(Exception):
+    retriable: bool = False
+    max_attempts: int | None = 1
+    #: a short stable word for records, metrics and dead letters
+    reason: str = "error"
+
+    def __init__(self, message: str, **context: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(GeorepError, ValueError):
+    # A ValueError too, so that pydantic validators report it as a field error.
+    reason = "invalid-input"
+
+
+class InvalidDigest(InvalidInput):
+    reason = "invalid-digest"
+
+
+class InvalidName(InvalidInput):
+    reason = "invalid-name"
+
+
+class InvalidEvent(InvalidInput):
+    reason = "invalid-event"
+
+
+class InvalidManifest(InvalidInput):
+    reason = "invalid-manifest"
+
+
+class NotFoundUpstream(GeorepError):
+    reason = "not-found"
+
+
+class DigestMismatch(GeorepError):
+    # A flaky proxy or disk can corrupt one transfer; three in a row is not chance.
+    retriable = True
+    max_attempts = 3
+    reason = "digest-mismatch"
+
+
+class UpstreamUnavailable(GeorepError):
+    retriable = True
+    max_attempts = None
+    reason = "upstream-unavailable"
+
+
+class StorageUnavailable(GeorepError):
+    retriable = True
+    max_attempts = None
+    reason = "storage-unavailable"

@@ -1,0 +1,202 @@
+"""Settings: one model per part, composed into `Settings` by the entry point.
+
+Sources, strongest first: environment variables `GEOREP_<PART>__<NAME>`
+(e.g. `GEOREP_KAFKA__BOOTSTRAP_SERVERS`), then the TOML file named by
+`GEOREP_CONFIG` (regions usually live there), then the defaults below.
+`deploy/georep.example.toml` documents every setting. Secrets are `SecretStr`:
+they print as `**********` and never reach a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from engine.errors import InvalidInput
+from engine.layout import Layout
+from engine.names import parse_region
+
+MiB = 1024 * 1024
+CONFIG_ENV = "GEOREP_CONFIG"
+
+
+class ConfigError(InvalidInput):
+    reason = "invalid-config"
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class KafkaSettings(_Part):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "georep"
+    events_topic: str = "georep.events"
+    log_topic: str = "georep.replication-log"
+    dead_letter_topic: str = "georep.dead-letter"
+    #: partitions bound how many repositories one region replicates at once
+    events_partitions: int = Field(8, ge=1)
+    log_partitions: int = Field(4, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    request_timeout_ms: int = Field(15_000, ge=1000)
+
+
+class PrimarySettings(_Part):
+    """The registry images are pushed to; replicators pull from it."""
+
+    url: str = "http://127.0.0.1:5000"
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_verify: bool = True
+    timeout_s: float = Field(60.0, gt=0)
+
+    _check_url = field_validator("url")(_http_url)
+
+
+class RegionSettings(_Part):
+    """One replica region: its S3-compatible bucket, and where its read-only registry answers."""
+
+    endpoint: str
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = ""
+    # Optional here so that processes which never touch a bucket (the webhook, the log store)
+    # need not hold every region's keys; `Settings.region()` insists on them.
+    access_key: str | None = Field(None, min_length=1)
+    secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    #: the region's read-only registry (`host:port`), for people and checks; georep never writes to it
+    registry: str | None = None
+
+    _check_endpoint = field_validator("endpoint")(_http_url)
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        return Layout(value).prefix
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.prefix)
+
+    def credentials(self) -> tuple[str, str]:
+        if self.access_key is None or self.secret_key is None:
+            raise ConfigError("region credentials are missing: access_key and secret_key")
+        return self.access_key, self.secret_key.get_secret_value()
+
+
+class WebhookSettings(_Part):
+    host: str = "127.0.0.1"
+    port: int = Field(8600, ge=0, le=65535)
+    #: the bearer token the registry (or Harbor) must send; required to start the webhook
+    token: SecretStr | None = None
+    max_body_bytes: int = Field(1 * MiB, ge=1024)
+    #: how long one request may wait for Kafka before answering 503
+    publish_timeout_s: float = Field(10.0, gt=0)
+
+
+class ReplicatorSettings(_Part):
+    #: blobs copied at once by one process (across all its partitions)
+    blob_concurrency: int = Field(8, ge=1)
+    #: blobs up to this size go in one PUT; larger ones stream as multipart
+    multipart_threshold: int = Field(16 * MiB, ge=5 * MiB)
+    part_size: int = Field(16 * MiB, ge=5 * MiB, le=512 * MiB)
+    #: records buffered per partition before the partition is paused
+    partition_buffer: int = Field(200, ge=1)
+    retry_initial_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
+    #: on rebalance or SIGTERM, how long in-flight events may run before they are abandoned
+    drain_grace_s: float = Field(30.0, ge=0)
+    host: str = "127.0.0.1"
+    #: health and metrics port (0: pick a free one)
+    port: int = Field(8610, ge=0, le=65535)
+
+
+class LogStoreSettings(_Part):
+    path: Path = Path("georep-log.sqlite3")
+    host: str = "127.0.0.1"
+    port: int = Field(8620, ge=0, le=65535)
+    #: where `georep logs` finds the log store
+    url: str = "http://127.0.0.1:8620"
+
+    _check_url = field_validator("url")(_http_url)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GEOREP_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    kafka: KafkaSettings = KafkaSettings()
+    primary: PrimarySettings = PrimarySettings()
+    webhook: WebhookSettings = WebhookSettings()
+    replicator: ReplicatorSettings = ReplicatorSettings()
+    logstore: LogStoreSettings = LogStoreSettings()
+    regions: dict[str, RegionSettings] = {}
+
+    @field_validator("regions")
+    @classmethod
+    def _check_region_names(cls, value: dict[str, RegionSettings]) -> dict[str, RegionSettings]:
+        for name in value:
+            parse_region(name)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get(CONFIG_ENV)
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+    def region(self, name: str) -> RegionSettings:
+        """A region's settings, complete with the credentials a process that writes to it needs."""
+        try:
+            region = self.regions[name]
+        except KeyError:
+            known = ", ".join(sorted(self.regions)) or "none"
+            raise ConfigError(f"region {name!r} is not configured (configured: {known})") from None
+        for field in ("access_key", "secret_key"):
+            if getattr(region, field) is None:
+                env = f"GEOREP_REGIONS__{name}__{field.upper()}"
+                raise ConfigError(f"regions.{name}.{field} is required (set it in the config file or as {env})")
+        return region
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and `$GEOREP_CONFIG`, or a ConfigError naming what is wrong."""
+    config = os.environ.get(CONFIG_ENV)
+    if config and not Path(config).is_file():
+        raise ConfigError(f"{CONFIG_ENV}={config}: no such file")
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            setting = ".".join(str(p) for p in err["loc"])
+            env = "GEOREP_" + "__".join(str(p).upper() for p in err["loc"])
+            problems.append(f"{setting}: {err['msg']} (set it in the config file or as {env})")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read configuration {config}: {exc}") from None

@@ -1,0 +1,1 @@
+"""The `georep` command: composes the parts (producers, consumers, engine) into processes."""

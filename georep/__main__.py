@@ -1,0 +1,3 @@
+from georep.cli import main
+
+main()

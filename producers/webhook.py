@@ -1,0 +1,143 @@
+"""The webhook adapter: registry notifications in, ReplicationEvents on Kafka out.
+
+    POST /webhooks/distribution   CNCF distribution notification envelopes
+    POST /webhooks/harbor         Harbor webhooks (Default or CloudEvents payload)
+    GET  /healthz                 the process is up
+    GET  /readyz                  Kafka is connected
+    GET  /metrics                 Prometheus
+
+A request is answered 2xx only after Kafka acknowledged every event in it;
+503 if Kafka cannot take them (the registry retries); 401, 400, 413 or 415
+with a JSON `{"error", "reason"}` for bad callers and bad bodies. Every
+refusal and every skipped event is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Final
+
+import structlog
+from aiohttp import web
+from prometheus_client import Counter
+
+from engine.errors import InvalidInput
+from engine.events import utcnow
+from engine.settings import KafkaSettings, WebhookSettings
+from georep.runtime import metrics_handler
+from producers import distribution, harbor
+from producers.kafka import KafkaUnavailable, Publisher
+from producers.notifications import Parsed
+
+log = structlog.get_logger(__name__)
+
+REQUESTS = Counter("georep_webhook_requests_total", "Webhook requests by source and HTTP status", ["source", "status"])
+EVENTS = Counter("georep_webhook_events_total", "Events by source and outcome", ["source", "outcome"])
+
+Parser = Callable[[bytes, datetime], Parsed]
+_JSON_TYPES: Final = distribution.MEDIA_TYPES | {"application/cloudevents+json"}
+
+
+def _error(status: int, error: str, reason: str) -> web.Response:
+    return web.json_response({"error": error, "reason": reason}, status=status)
+
+
+class WebhookApp:
+    def __init__(self, webhook: WebhookSettings, kafka: KafkaSettings, publisher: Publisher) -> None:
+        if webhook.token is None or not webhook.token.get_secret_value():
+            raise InvalidInput("webhook.token is required: the webhook refuses unauthenticated callers")
+        self._token = webhook.token.get_secret_value().encode()
+        self._settings = webhook
+        self._topic = kafka.events_topic
+        self.publisher = publisher
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self._settings.max_body_bytes)
+        app.router.add_post("/webhooks/distribution", self._handler("distribution", distribution.parse_envelope))
+        app.router.add_post("/webhooks/harbor", self._handler("harbor", harbor.parse_harbor))
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", metrics_handler)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _close(self, _: web.Application) -> None:
+        await self.publisher.close()
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        # distribution sends the configured header verbatim ("Bearer <token>");
+        # Harbor's "auth header" field is sent as-is and often holds the bare token.
+        presented = header[7:] if header[:7].lower() == "bearer " else header
+        return hmac.compare_digest(presented.strip().encode(), self._token)
+
+    def _handler(self, source: str, parse: Parser) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            response = await self._handle(source, parse, request)
+            REQUESTS.labels(source, str(response.status)).inc()
+            return response
+
+        return handle
+
+    async def _handle(self, source: str, parse: Parser, request: web.Request) -> web.Response:
+        bound = log.bind(source=source, remote=request.remote)
+        if not self._authorized(request):
+            bound.warning("webhook.refused", status=401, reason="missing or wrong bearer token")
+            return _error(401, "unauthorized", "missing or wrong bearer token")
+        content_type = request.content_type
+        if content_type not in _JSON_TYPES:
+            reason = f"content type {content_type[:80]!r} is not a registry notification (JSON)"
+            bound.warning("webhook.refused", status=415, reason=reason)
+            return _error(415, "unsupported-media-type", reason)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            reason = f"body exceeds {self._settings.max_body_bytes} bytes"
+            bound.warning("webhook.refused", status=413, reason=reason)
+            return _error(413, "body-too-large", reason)
+        try:
+            parsed = parse(body, utcnow())
+        except InvalidInput as exc:
+            bound.warning("webhook.refused", status=400, reason=exc.message)
+            return _error(400, exc.reason, exc.message)
+
+        for skip in parsed.skipped:
+            bound.info("webhook.event_skipped", index=skip.index, event_id=skip.event_id, reason=skip.reason)
+        EVENTS.labels(source, "skipped").inc(len(parsed.skipped))
+        if parsed.events:
+            messages = [(event.key, event.to_json()) for event in parsed.events]
+            try:
+                await self.publisher.publish(self._topic, messages, self._settings.publish_timeout_s)
+            except KafkaUnavailable as exc:
+                bound.warning("webhook.kafka_unavailable", status=503, reason=str(exc), events=len(messages))
+                return _error(503, "kafka-unavailable", str(exc))
+            EVENTS.labels(source, "published").inc(len(parsed.events))
+            for event in parsed.events:
+                bound.info(
+                    "webhook.event_published",
+                    event_id=event.id,
+                    action=event.action.value,
+                    repository=str(event.repository),
+                    digest=str(event.digest) if event.digest else None,
+                    tag=str(event.tag) if event.tag else None,
+                )
+        return web.json_response(
+            {
+                "published": [event.id for event in parsed.events],
+                "skipped": [{"index": s.index, "id": s.event_id, "reason": s.reason} for s in parsed.skipped],
+            }
+        )
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        if self.publisher.connected:
+            return web.json_response({"status": "ready"})
+        try:
+            await self.publisher.publish(self._topic, [], self._settings.publish_timeout_s)
+        except KafkaUnavailable as exc:
+            return _error(503, "kafka-unavailable", str(exc))
+        return web.json_response({"status": "ready"})

@@ -1,0 +1,113 @@
+"""The webhook's answers to bad callers, bad bodies, and an unreachable Kafka (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from engine.errors import InvalidInput
+from engine.settings import KafkaSettings, WebhookSettings
+from producers.kafka import Publisher
+from producers.webhook import WebhookApp
+from tests.unit.test_notifications import dist_event, envelope, harbor_default
+
+TOKEN = "s3cret-token-for-tests"
+V1 = "application/vnd.docker.distribution.events.v1+json"
+# Port 1 on loopback: nothing listens, so Kafka is "down" for real.
+DOWN = KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_ms=1000)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    settings = WebhookSettings(token=SecretStr(TOKEN), max_body_bytes=4096, publish_timeout_s=1.0)
+    app = WebhookApp(settings, DOWN, Publisher(DOWN, "test")).app()
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Content-Type": V1}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic " + TOKEN}])
+async def test_unauthenticated_callers_get_401(client: TestClient, headers: dict[str, str]) -> None:  # type: ignore[type-arg]
+    with capture_logs() as logs:
+        response = await client.post("/webhooks/distribution", data=envelope(dist_event()), headers=headers)
+    assert response.status == 401
+    assert (await response.json())["error"] == "unauthorized"
+    assert any(e["event"] == "webhook.refused" and e["status"] == 401 for e in logs)
+
+
+async def test_harbor_bare_token_is_accepted_as_auth(client: TestClient) -> None:  # type: ignore[type-arg]
+    body = json.dumps(harbor_default("PULL_ARTIFACT")).encode()
+    response = await client.post(
+        "/webhooks/harbor", data=body, headers={"Authorization": TOKEN, "Content-Type": "application/json"}
+    )
+    assert response.status == 200
+    assert (await response.json())["skipped"][0]["reason"].startswith("Harbor event type")
+
+
+async def test_oversized_body_gets_413(client: TestClient) -> None:  # type: ignore[type-arg]
+    response = await client.post("/webhooks/distribution", data=b"{" + b" " * 5000 + b"}", headers=auth())
+    assert response.status == 413
+    assert "4096" in (await response.json())["reason"]
+
+
+async def test_non_json_content_type_gets_415(client: TestClient) -> None:  # type: ignore[type-arg]
+    response = await client.post(
+        "/webhooks/distribution", data=b"x", headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"}
+    )
+    assert response.status == 415
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"{not json", "invalid-event"),
+        (envelope(dist_event(digest="sha256:1234")), "invalid-event"),
+        (envelope(dist_event(repository="../../etc/passwd")), "invalid-event"),
+    ],
+)
+async def test_bad_bodies_get_400_with_a_reason(client: TestClient, body: bytes, error: str) -> None:  # type: ignore[type-arg]
+    with capture_logs() as logs:
+        response = await client.post("/webhooks/distribution", data=body, headers=auth())
+    assert response.status == 400
+    answer = await response.json()
+    assert answer["error"] == error
+    assert answer["reason"]
+    assert any(e["event"] == "webhook.refused" and e["reason"] == answer["reason"] for e in logs)
+
+
+async def test_skipped_only_envelope_is_acknowledged_without_kafka(client: TestClient) -> None:  # type: ignore[type-arg]
+    response = await client.post("/webhooks/distribution", data=envelope(dist_event("pull")), headers=auth())
+    assert response.status == 200
+    assert (await response.json()) == {
+        "published": [],
+        "skipped": [{"index": 0, "id": dist_event()["id"], "reason": "pull events are not replicated"}],
+    }
+
+
+async def test_kafka_down_gets_503_so_the_registry_retries(client: TestClient) -> None:  # type: ignore[type-arg]
+    response = await client.post("/webhooks/distribution", data=envelope(dist_event()), headers=auth())
+    assert response.status == 503
+    assert (await response.json())["error"] == "kafka-unavailable"
+    assert (await client.get("/readyz")).status == 503
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_the_token_never_reaches_the_logs(client: TestClient) -> None:  # type: ignore[type-arg]
+    with capture_logs() as logs:
+        await client.post("/webhooks/distribution", data=envelope(dist_event()), headers=auth("wrong-" + TOKEN))
+        await client.post("/webhooks/distribution", data=b"{", headers=auth())
+    assert logs
+    assert TOKEN not in repr(logs)
+
+
+def test_a_webhook_without_a_token_refuses_to_start() -> None:
+    with pytest.raises(InvalidInput, match=r"webhook\.token is required"):
+        WebhookApp(WebhookSettings(), DOWN, Publisher(DOWN, "test"))
