@@ -30,6 +30,7 @@ class Lane:
         self.done: int | None = None
         self.committed: int | None = None
         self._current: asyncio.Task[None] | None = None
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"lane-{tp.topic}-{tp.partition}")
 
     @property
@@ -48,7 +49,7 @@ class Lane:
         self._queue.put_nowait(record)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             record = await self._queue.get()
             self._current = asyncio.create_task(self._finish(record))
             try:
@@ -72,13 +73,15 @@ class Lane:
         Queued events are dropped: they were never committed, so whoever owns
         the partition next reads them again from the committed offset.
         """
+        self._stopping = True
         current = self._current
         if current is not None:
             done, _ = await asyncio.wait([current], timeout=grace_s)
             if not done:
                 log.warning("lane.abandoning_event", partition=self.tp.partition, grace_s=grace_s)
                 current.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                # Its failure, if any, is the cancellation we asked for; the event will be redone.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await current
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -28,6 +29,7 @@ from engine.settings import PrimarySettings
 log = structlog.get_logger(__name__)
 
 _CHALLENGE_PARAM: Final = re.compile(r'(\w+)="([^"]*)"')
+_NEXT_LINK: Final = re.compile(r'<([^>]*)>[^,]*?;\s*rel="?next"?\s*(?:[;,]|$)', re.IGNORECASE)
 
 
 class UpstreamRefused(GeorepError):
@@ -58,10 +60,11 @@ class RegistryClient:
     def __init__(self, settings: PrimarySettings, session: aiohttp.ClientSession) -> None:
         self._base = settings.url
         self._session = session
-        self._basic: aiohttp.BasicAuth | None = None
+        # The header value itself: aiohttp 3.14 deprecates BasicAuth and the `auth=` argument.
+        self._basic: str | None = None
         if settings.username is not None:
             password = settings.password.get_secret_value() if settings.password else ""
-            self._basic = aiohttp.BasicAuth(settings.username, password)
+            self._basic = aiohttp.encode_basic_auth(settings.username, password)
         self._tokens: dict[str, _Token] = {}
         self._use_basic = False
 
@@ -131,7 +134,7 @@ class RegistryClient:
         if token is not None and token.expires_at > time.monotonic():
             return {"Authorization": f"Bearer {token.value}"}
         if self._use_basic and self._basic is not None:
-            return {"Authorization": self._basic.encode()}
+            return {"Authorization": self._basic}
         return {}
 
     async def _answer_challenge(self, response: aiohttp.ClientResponse, scope: str) -> bool:
@@ -149,7 +152,8 @@ class RegistryClient:
         params = {"scope": challenge.params.get("scope", scope)}
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
-        async with self._session.get(challenge.params["realm"], params=params, auth=self._basic) as response:
+        headers = {"Authorization": self._basic} if self._basic is not None else {}
+        async with self._session.get(challenge.params["realm"], params=params, headers=headers) as response:
             if response.status != 200:
                 raise UpstreamUnavailable(f"token endpoint answered {response.status}", realm=challenge.params["realm"])
             doc: dict[str, Any] = await response.json(loads=orjson.loads, content_type=None)
@@ -177,8 +181,11 @@ def _raise_for_status(response: aiohttp.ClientResponse, path: str) -> None:
 
 def _next_page(response: aiohttp.ClientResponse) -> str | None:
     """The path of the next page from an RFC 5988 `Link: <…>; rel="next"` header."""
-    link = response.headers.get("Link")
-    if not link:
+    match = _NEXT_LINK.search(response.headers.get("Link", ""))
+    if match is None:
         return None
-    target = link.split(";")[0].strip().strip("<>")
-    return target if target.startswith("/v2/") else None
+    # distribution sends a path; other registries send an absolute URL, and stopping there would
+    # silently truncate a catalog walk. Only the path is kept: requests stay on the configured primary.
+    target = urlsplit(match[1])
+    path = target.path + (f"?{target.query}" if target.query else "")
+    return path if path.startswith("/v2/") else None

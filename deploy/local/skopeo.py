@@ -18,9 +18,11 @@ def _run(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[byte
     return result
 
 
-def push(layout: Path, tag: str, destination: str, *, all_platforms: bool = True) -> None:
-    """Copy `oci:layout:tag` to `docker://destination` (host:port/repo:tag)."""
+def push(layout: Path, tag: str, destination: str, *, all_platforms: bool = True, creds: str | None = None) -> None:
+    """Copy `oci:layout:tag` to `docker://destination` (host:port/repo:tag); `creds` is `user:password`."""
     extra = ["--all"] if all_platforms else []
+    if creds is not None:
+        extra.append(f"--dest-creds={creds}")
     _run(
         "--insecure-policy",
         "copy",

@@ -12,6 +12,7 @@ import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from consumers.store import RegionStore
 from deploy.local import images, skopeo, stack
 from deploy.local.probe import wait_served
+from engine.settings import RegionSettings
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +46,17 @@ class Stack:
     def regions(self) -> dict[str, dict[str, Any]]:
         regions: dict[str, dict[str, Any]] = self.info["regions"]
         return regions
+
+    @asynccontextmanager
+    async def region_store(self, name: str) -> AsyncIterator[RegionStore]:
+        """The region's bucket, opened the way the replicator opens it."""
+        region = self.regions[name]
+        settings = RegionSettings(
+            endpoint=region["s3"], bucket=region["bucket"], prefix=region["prefix"],
+            access_key=region["access_key"], secret_key=region["secret_key"],
+        )  # fmt: skip
+        async with RegionStore.open(settings) as store:
+            yield store
 
     def unique(self, stem: str) -> str:
         """A fresh repository name, so tests never see each other's pushes."""

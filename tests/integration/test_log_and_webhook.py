@@ -102,3 +102,25 @@ async def test_distribution_envelope_is_acknowledged_after_kafka(live: Stack) ->
     await live.replicated(repo, "again", digest)
     found = await live.records(lambda rs: len(rs) == len(live.regions), event_id=event_id)
     assert {r["status"] for r in found} == {"succeeded"}
+
+
+async def test_logs_follow_tails_the_topic_live(live: Stack) -> None:
+    repo = live.unique("follow/app")
+    # --from-beginning: the follower sees every record however late it attaches, so the push
+    # below need not wait for it; --limit makes it exit once both regions have reported.
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "georep", "--config", live.info["config"], "logs", "--follow", "--from-beginning",
+        "--json", "--repository", repo, "--status", "succeeded", "--limit", str(len(live.regions)),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        digest = live.push_image(repo, "v1", images.image([images.layer(5_000, repo)]))
+        out, err = await asyncio.wait_for(follower.communicate(), 60)
+    finally:
+        if follower.returncode is None:
+            follower.terminate()
+            await follower.wait()
+    assert follower.returncode == 0, err.decode()
+    records = [json.loads(line) for line in out.decode().splitlines()]
+    assert sorted(r["region"] for r in records) == sorted(live.regions)
+    assert {(r["repository"], r["digest"], r["status"]) for r in records} == {(repo, digest, "succeeded")}

@@ -115,3 +115,16 @@ async def test_a_push_to_a_replica_registry_is_refused(live: Stack) -> None:
             skopeo.push(layout, "v1", f"{region['registry']}/{repo}:v1")
         with pytest.raises(skopeo.SkopeoError):
             skopeo.manifest_digest(f"{region['registry']}/{repo}:v1")
+
+
+async def test_a_large_layer_streams_through_multipart_and_leaves_no_upload_open(live: Stack) -> None:
+    repo = live.unique("large/app")
+    image = sample(repo, 40 * 1024 * KiB, 10 * KiB)  # above the 16 MiB multipart threshold: three parts
+    digest = live.push_image(repo, "v1", image)
+    await live.replicated(repo, "v1", digest)
+    live.pull_everywhere(repo, "v1", digest)
+    records = await live.final_records(repo, digest)
+    assert all(r["bytes_copied"] == sum(len(b.data) for b in image.blobs) for r in records.values())
+    for name in live.regions:
+        async with live.region_store(name) as store:
+            assert await store.open_uploads() == []
