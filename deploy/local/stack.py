@@ -141,16 +141,17 @@ def spawn(command: dict[str, Any]) -> Proc:
 async def wait_ready(name: str, proc: Proc, ready: Callable[[], Awaitable[bool]], log: Path, timeout_s: float) -> None:
     """Ask the component until it answers; fail at once if it exits, with the end of its log."""
     deadline = time.monotonic() + timeout_s
+    last_error = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise StackError(f"{name} exited with {proc.returncode} while starting:\n{_tail(log)}")
         try:
             if await ready():
                 return
-        except (OSError, aiohttp.ClientError, TimeoutError):
-            pass  # not listening yet
+        except Exception as exc:  # refused, reset, 5xx ...: "not yet"; kept for the timeout message
+            last_error = f"{type(exc).__name__}: {exc}"
         await asyncio.sleep(0.2)  # the poll interval of an awaited condition, not a guess at start-up time
-    raise StackError(f"{name} was not ready within {timeout_s:g}s:\n{_tail(log)}")
+    raise StackError(f"{name} was not ready within {timeout_s:g}s (last probe: {last_error}):\n{_tail(log)}")
 
 
 def _tail(log: Path, lines: int = 30) -> str:
