@@ -85,7 +85,9 @@ def describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False)[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "value"
-        parts.append(f"{where}: {err['msg']}")
+        # Our own validators raise InvalidInput with a complete sentence: show it without pydantic's prefix.
+        original = (err.get("ctx") or {}).get("error")
+        parts.append(f"{where}: {original if isinstance(original, Exception) else err['msg']}")
     return "; ".join(parts)
 
 

@@ -37,8 +37,8 @@ async def ensure_topics(kafka: KafkaSettings) -> None:
         client_id=f"{kafka.client_id}-admin",
         request_timeout_ms=kafka.request_timeout_ms,
     )
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         missing = [t for t in topic_specs(kafka) if t.name not in existing]
         if missing:

@@ -11,6 +11,7 @@ the replication-log topic live instead and applies the same filters locally.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from contextlib import aclosing
@@ -78,6 +79,8 @@ async def run_logs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _follow(settings: Settings, args: argparse.Namespace, query: LogQuery, printer: _Printer) -> None:
+    # A command reports Kafka trouble itself, in one line; aiokafka's own retries and errors are noise here.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     shown = 0
     async with aclosing(tail(settings.kafka, query, stop_on_signals(), from_beginning=args.from_beginning)) as records:
         async for record in records:

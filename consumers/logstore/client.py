@@ -84,7 +84,7 @@ async def tail(
         await consumer.stop()
         if isinstance(exc, KafkaError | OSError):
             raise LogsUnavailable(
-                f"cannot follow {kafka.log_topic} on Kafka at {kafka.bootstrap_servers}: {type(exc).__name__} {exc}"
+                f"cannot follow {kafka.log_topic} on Kafka at {kafka.bootstrap_servers}: {exc or type(exc).__name__}"
             ) from None
         raise
     try:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Final, TypeVar
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Final, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -42,7 +42,9 @@ MESSAGES = Counter(
     "Replication-log messages read, by outcome (stored, unchanged: a duplicate or older attempt, invalid)",
     ["outcome"],
 )
-KAFKA_CONNECTED = Gauge("georep_logstore_kafka_connected", "1 while the log consumer is connected to Kafka")
+for _outcome in ("stored", "unchanged", "invalid"):
+    MESSAGES.labels(_outcome)  # export zeros from the start, so rates and alerts have a series
+CONSUMING = Gauge("georep_logstore_consuming", "1 once the log consumer has joined Kafka; 0 while it is still trying")
 
 T = TypeVar("T")
 Batch = dict[TopicPartition, list[ConsumerRecord]]
@@ -61,12 +63,11 @@ async def serve_logstore(settings: Settings, stop: asyncio.Event) -> None:
 
 
 async def consume(kafka: KafkaSettings, store: LogStore, stop: asyncio.Event) -> None:
-    consumer = await _connect(kafka, stop)
+    guard = _DrainOnRevoke()
+    consumer = await _connect(kafka, guard, stop)
     if consumer is None:
         return
-    guard = _DrainOnRevoke()
-    consumer.subscribe([kafka.log_topic], listener=guard)
-    KAFKA_CONNECTED.set(1)
+    CONSUMING.set(1)
     log.info("logstore.consuming", topic=kafka.log_topic, group=GROUP_ID)
     try:
         while not stop.is_set():
@@ -78,7 +79,7 @@ async def consume(kafka: KafkaSettings, store: LogStore, stop: asyncio.Event) ->
                     break
                 await _commit(consumer, batch)
     finally:
-        KAFKA_CONNECTED.set(0)
+        CONSUMING.set(0)
         await consumer.stop()
 
 
@@ -96,8 +97,8 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
         log.info("logstore.partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
 
 
-async def _connect(kafka: KafkaSettings, stop: asyncio.Event) -> AIOKafkaConsumer | None:
-    """A started consumer, retrying with backoff while Kafka is unreachable; None if stopped first."""
+async def _connect(kafka: KafkaSettings, guard: _DrainOnRevoke, stop: asyncio.Event) -> AIOKafkaConsumer | None:
+    """A started, subscribed consumer, retrying with backoff while Kafka is unreachable; None if stopped first."""
 
     async def attempt() -> AIOKafkaConsumer:
         # Create the topic with its configured partitions rather than let the broker auto-create one.
@@ -110,6 +111,9 @@ async def _connect(kafka: KafkaSettings, stop: asyncio.Event) -> AIOKafkaConsume
             auto_offset_reset="earliest",
             request_timeout_ms=kafka.request_timeout_ms,
         )
+        # Subscribed before start, so that start waits for the new topic's partitions: a group
+        # joined before they are known is assigned nothing until the next metadata refresh.
+        consumer.subscribe([kafka.log_topic], listener=guard)
         try:
             await consumer.start()
         except BaseException:
@@ -118,7 +122,9 @@ async def _connect(kafka: KafkaSettings, stop: asyncio.Event) -> AIOKafkaConsume
         return consumer
 
     try:
-        return await _retrying(attempt, (KafkaError, OSError, TimeoutError), stop, "logstore.kafka_unavailable")
+        return await unless_stopped(
+            _retrying(attempt, (KafkaError, OSError, TimeoutError), stop, "logstore.kafka_unavailable"), stop
+        )
     except RetryError:
         return None
 
@@ -167,14 +173,15 @@ async def _commit(consumer: AIOKafkaConsumer, batch: Batch) -> None:
 
 
 async def _retrying(
-    work: Callable[[], Awaitable[T]],
+    work: Callable[[], Coroutine[Any, Any, T]],
     errors: tuple[type[BaseException], ...],
     stop: asyncio.Event,
     event: str,
 ) -> T:
     """`work()`, retried with jittered backoff on `errors` until it succeeds; RetryError once `stop` is set.
 
-    `work` must be a coroutine function: tenacity awaits only what it recognises as one.
+    `work` must be declared `async def`: tenacity awaits only what it recognises as a
+    coroutine function (a lambda returning a coroutine would go unawaited).
     """
 
     async def sleep(seconds: float) -> None:
@@ -182,7 +189,7 @@ async def _retrying(
 
     def warn(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        log.warning(event, attempt=state.attempt_number, error=repr(error), retry_in_s=state.upcoming_sleep)
+        log.warning(event, attempt=state.attempt_number, error=repr(error), retry_in_s=round(state.upcoming_sleep, 2))
 
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(errors),
