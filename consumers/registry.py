@@ -118,9 +118,13 @@ class RegistryClient:
         url = self._base + path
         try:
             response = await self._session.get(url, headers=self._auth_headers(scope) | headers)
-            if response.status == 401 and await self._answer_challenge(response, scope):
-                response.release()
-                response = await self._session.get(url, headers=self._auth_headers(scope) | headers)
+            if response.status == 401:
+                try:
+                    retry = await self._answer_challenge(response, scope)
+                finally:
+                    response.release()
+                if retry:
+                    response = await self._session.get(url, headers=self._auth_headers(scope) | headers)
             try:
                 _raise_for_status(response, path)
                 yield response

@@ -66,21 +66,9 @@ class ReplicatorService:
     # -- the consume loop -------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        kafka = self.settings.kafka
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-replicator-{self.region}",
-            group_id=group_id(self.region),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            request_timeout_ms=kafka.request_timeout_ms,
-            # A region outage stalls lanes, not the poll loop; this only bounds a hung process.
-            max_poll_interval_ms=600_000,
-        )
-        await self._start(consumer, stop)
-        if stop.is_set():
+        consumer = await self._connect(stop)
+        if consumer is None:
             return
-        consumer.subscribe([kafka.events_topic], listener=_Rebalance(self))
         self.consumer = consumer
         paused: set[Any] = set()
         try:
@@ -108,24 +96,45 @@ class ReplicatorService:
             await self.publisher.close()
             self.consumer = None
 
-    async def _start(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        """Wait for Kafka as long as it takes (or until told to stop)."""
+    def _consumer(self) -> AIOKafkaConsumer:
+        kafka = self.settings.kafka
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            client_id=f"{kafka.client_id}-replicator-{self.region}",
+            group_id=group_id(self.region),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            request_timeout_ms=kafka.request_timeout_ms,
+            # A region outage stalls lanes, not the poll loop; this only bounds a hung process.
+            max_poll_interval_ms=600_000,
+        )
+        # Subscribed before start, so that start waits for the topic's partitions.
+        consumer.subscribe([kafka.events_topic], listener=_Rebalance(self))
+        return consumer
+
+    async def _connect(self, stop: asyncio.Event) -> AIOKafkaConsumer | None:
+        """A started consumer, however long Kafka takes to answer; None if told to stop first."""
         delay = self.tuning.retry_initial_s
         while not stop.is_set():
+            consumer = self._consumer()
             try:
                 await ensure_topics(self.settings.kafka)
                 await consumer.start()
             except (KafkaError, OSError) as exc:
+                # A consumer whose start failed is not reused: a fresh one per attempt.
+                with contextlib.suppress(KafkaError, OSError):
+                    await consumer.stop()
                 self.log.warning("replicator.kafka_unavailable", error=str(exc), retry_in_s=delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, self.tuning.retry_max_s)
-            else:
-                self.log.info("replicator.started", group=group_id(self.region))
-                # Start the record producer now, not on the first event: it costs hundreds of milliseconds.
-                with contextlib.suppress(KafkaUnavailable):
-                    await self.publisher.publish(self.settings.kafka.log_topic, [], self.tuning.retry_max_s)
-                return
+                continue
+            self.log.info("replicator.started", group=group_id(self.region))
+            # Start the record producer now, not on the first event: it costs hundreds of milliseconds.
+            with contextlib.suppress(KafkaUnavailable):
+                await self.publisher.publish(self.settings.kafka.log_topic, [], self.tuning.retry_max_s)
+            return consumer
+        return None
 
     def _open_lane(self, tp: Any) -> Lane:
         lane = Lane(tp, self.handle, self.tuning.partition_buffer)
@@ -275,7 +284,9 @@ class ReplicatorService:
         if event is None:
             self.log.error("replicate.dead_lettered", reason=reason, error=str(exc), offset=record.offset)
         await self._publish(self.settings.kafka.dead_letter_topic, letter.key, letter.to_json())
-        metrics.EVENTS.labels(self.region, Status.DEAD_LETTERED.value).inc()
+        if event is None:
+            # An unreadable event gets no replication record (it names no repository), so count it here.
+            metrics.EVENTS.labels(self.region, Status.DEAD_LETTERED.value).inc()
 
     async def _publish(self, topic: str, key: bytes, value: bytes) -> None:
         """Publish until Kafka takes it: the offset is not committed before its record is out."""
