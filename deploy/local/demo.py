@@ -87,6 +87,9 @@ async def run() -> None:
 def main() -> None:
     try:
         asyncio.run(run())
+    except (stack.StackError, skopeo.SkopeoError, TimeoutError) as exc:
+        print(f"\ndemo failed: {exc}\nevery component's log: {DEMO_DIR / 'logs'}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         stopped = stack.down(DEMO_DIR)
         print(f"\nstopped the stack ({len(stopped)} processes)")

@@ -201,7 +201,10 @@ async def _bucket_ready(spec: StackSpec, region: RegionSpec) -> bool:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 return False
-        await s3.head_bucket(Bucket=region.bucket)
+        # Ready means writable: SeaweedFS allocates a bucket's volumes on its first write, which
+        # takes about a second; doing that here keeps it out of the first replication.
+        await s3.put_object(Bucket=region.bucket, Key="georep-ready-probe", Body=b"ok")
+        await s3.delete_object(Bucket=region.bucket, Key="georep-ready-probe")
     return True
 
 
@@ -285,7 +288,7 @@ def _georep(spec: StackSpec, *args: str) -> list[str]:
 
 async def up(root: Path, port_base: int, regions: list[str], timeout_s: float = 90) -> dict[str, Any]:
     """Start every part, wait until each answers, write and return stack.json."""
-    if (root / STACK_FILE).exists() and any(_alive(pid) for pid in _read(root).get("pids", {}).values()):
+    if (root / STACK_FILE).exists() and _running(_read(root)):
         raise StackError(f"a stack is already running from {root}: stop it first (make down)")
     for leftover in ("kafka", "primary", "logstore", *(f"s3-{r}" for r in regions), "logs"):
         shutil.rmtree(root / leftover, ignore_errors=True)
@@ -375,10 +378,18 @@ def _read(root: Path) -> dict[str, Any]:
     return data
 
 
-def stop_pid(pid: int, argv0: str, grace_s: float = 20, sig: signal.Signals = signal.SIGTERM) -> None:
+def _ours(pid: int, argv: list[str]) -> bool:
+    """Is `pid` still the process we started with `argv` (and not a later process that reused the pid)?"""
+    return _alive(pid) and _cmdline(pid) == argv
+
+
+def _running(info: dict[str, Any]) -> list[str]:
+    return [name for name, pid in info.get("pids", {}).items() if _ours(pid, info["commands"][name]["argv"])]
+
+
+def stop_pid(pid: int, argv: list[str], grace_s: float = 20, sig: signal.Signals = signal.SIGTERM) -> None:
     """Signal a component (only if that pid still runs what we started) and wait for it to exit."""
-    cmdline = _cmdline(pid)
-    if not _alive(pid) or not cmdline or Path(cmdline[0]).name != Path(argv0).name:
+    if not _ours(pid, argv):
         return
     os.kill(pid, sig)
     deadline = time.monotonic() + grace_s
@@ -397,13 +408,10 @@ def down(root: Path) -> list[str]:
     if not (root / STACK_FILE).exists():
         return []
     info = _read(root)
-    stopped = []
-    for name in reversed(list(info.get("pids", {}))):
-        pid = info["pids"][name]
-        if _alive(pid):
-            stop_pid(pid, info["commands"][name]["argv"][0])
-            stopped.append(name)
-    return stopped
+    running = _running(info)
+    for name in reversed(running):
+        stop_pid(info["pids"][name], info["commands"][name]["argv"])
+    return list(reversed(running))
 
 
 def restart(root: Path, name: str) -> int:

@@ -161,7 +161,7 @@ async def _registry(name: str, root: Path, port: int, auth: dict[str, Any], sche
         await stack.wait_ready(name, proc, challenged, log, timeout_s=30)
         yield f"{HOST}:{port}"
     finally:
-        stack.stop_pid(proc.pid, argv[0])
+        stack.stop_pid(proc.pid, argv)
 
 
 @pytest.fixture(scope="module")
