@@ -141,13 +141,6 @@ class RegionStore:
             raise _unavailable(exc, prefix) from exc
         return found
 
-    async def abort_upload(self, key: str, upload_id: str) -> None:
-        try:
-            await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except ClientError as exc:
-            if _status(exc) != 404:
-                raise _unavailable(exc, key) from exc
-
 
 class Multipart:
     def __init__(self, client: S3Client, bucket: str, key: str, upload_id: str) -> None:

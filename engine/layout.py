@@ -105,9 +105,6 @@ class Layout:
     def tag_state(self, repository: Repository, tag: Tag) -> str:
         return self._key("georep", "v1", "repositories", repository.name, "_tags", tag.name)
 
-    def repositories_root(self) -> str:
-        return self._key(_V2, "repositories") + "/"
-
     def parse(self, key: str) -> ParsedKey:
         """The inverse of the builders above; raises InvalidInput for any other key."""
         rest = key
