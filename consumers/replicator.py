@@ -28,7 +28,7 @@ from consumers.store import RegionStore
 from engine.errors import GeorepError, InvalidEvent
 from engine.events import DeadLetter, ReplicationEvent, ReplicationRecord, Status, utcnow
 from engine.settings import Settings
-from georep.runtime import metrics_handler, start_http
+from georep.runtime import metrics_handler, retry_until_stopped, start_http
 from producers.kafka import KafkaUnavailable, Publisher, ensure_topics
 
 log = structlog.get_logger(__name__)
@@ -114,27 +114,30 @@ class ReplicatorService:
 
     async def _connect(self, stop: asyncio.Event) -> AIOKafkaConsumer | None:
         """A started consumer, however long Kafka takes to answer; None if told to stop first."""
-        delay = self.tuning.retry_initial_s
-        while not stop.is_set():
+
+        async def attempt() -> AIOKafkaConsumer:
+            # A consumer whose start failed is not reused: a fresh one per attempt.
             consumer = self._consumer()
             try:
                 await ensure_topics(self.settings.kafka)
                 await consumer.start()
-            except (KafkaError, OSError) as exc:
-                # A consumer whose start failed is not reused: a fresh one per attempt.
+            except BaseException:
                 with contextlib.suppress(KafkaError, OSError):
                     await consumer.stop()
-                self.log.warning("replicator.kafka_unavailable", error=str(exc), retry_in_s=delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, self.tuning.retry_max_s)
-                continue
-            self.log.info("replicator.started", group=group_id(self.region))
-            # Start the record producer now, not on the first event: it costs hundreds of milliseconds.
-            with contextlib.suppress(KafkaUnavailable):
-                await self.publisher.publish(self.settings.kafka.log_topic, [], self.tuning.retry_max_s)
+                raise
             return consumer
-        return None
+
+        consumer = await retry_until_stopped(
+            attempt, (KafkaError, OSError), stop, "replicator.kafka_unavailable",
+            initial_s=self.tuning.retry_initial_s, max_s=self.tuning.retry_max_s,
+        )  # fmt: skip
+        if consumer is None:
+            return None
+        self.log.info("replicator.started", group=group_id(self.region))
+        # Start the record producer now, not on the first event: it costs hundreds of milliseconds.
+        with contextlib.suppress(KafkaUnavailable):
+            await self.publisher.publish(self.settings.kafka.log_topic, [], self.tuning.retry_max_s)
+        return consumer
 
     def _open_lane(self, tp: Any) -> Lane:
         lane = Lane(tp, self.handle, self.tuning.partition_buffer)
@@ -195,7 +198,7 @@ class ReplicatorService:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Exception),
             stop=_give_up,
-            wait=wait_exponential_jitter(initial=self.tuning.retry_initial_s, max=self.tuning.retry_max_s),
+            wait=wait_exponential_jitter(multiplier=self.tuning.retry_initial_s, max=self.tuning.retry_max_s),
             before_sleep=on_retry,
             reraise=True,
         )

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 async def metrics_handler(_: web.Request) -> web.Response:
@@ -37,3 +41,58 @@ async def start_http(app: web.Application, host: str, port: int) -> web.AppRunne
     await site.start()
     log.info("http.listening", host=host, port=port)
     return runner
+
+
+async def unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """`work`'s result, or None (with `work` cancelled) if `stop` is set first.
+
+    Lets a long poll or a backoff end as soon as the process is asked to stop,
+    instead of when its timeout runs out.
+    """
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, stopped):
+            if not pending.done():
+                pending.cancel()
+        await asyncio.gather(task, stopped, return_exceptions=True)
+    if task.done() and not task.cancelled():
+        return task.result()
+    return None
+
+
+async def retry_until_stopped(
+    work: Callable[[], Coroutine[Any, Any, T]],
+    errors: tuple[type[BaseException], ...],
+    stop: asyncio.Event,
+    event: str,
+    *,
+    initial_s: float = 0.5,
+    max_s: float = 30.0,
+) -> T | None:
+    """`work()`, retried with jittered exponential backoff on `errors` until it succeeds; None once `stop` is set.
+
+    `work` must be declared `async def`: tenacity awaits only what it recognises as a
+    coroutine function (a lambda returning a coroutine would go unawaited).
+    """
+
+    async def sleep(seconds: float) -> None:
+        await unless_stopped(asyncio.sleep(seconds), stop)
+
+    def warn(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(event, attempt=state.attempt_number, error=repr(error), retry_in_s=round(state.upcoming_sleep, 2))
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(errors),
+        wait=wait_exponential_jitter(multiplier=initial_s, max=max_s),
+        stop=lambda _: stop.is_set(),
+        sleep=sleep,
+        before_sleep=warn,
+    )
+    try:
+        return await unless_stopped(retrying(work), stop)
+    except RetryError:
+        return None

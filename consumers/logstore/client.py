@@ -13,12 +13,12 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from consumers.logstore.aio import unless_stopped
 from consumers.logstore.query import LogQuery
 from consumers.logstore.wire import decode_record
 from engine.errors import InvalidEvent
 from engine.events import ReplicationRecord
 from engine.settings import KafkaSettings
+from georep.runtime import unless_stopped
 
 log = structlog.get_logger(__name__)
 

@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Final, TypeVar
+from collections.abc import Iterable
+from typing import Final
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
-from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
-from consumers.logstore.aio import unless_stopped
 from consumers.logstore.api import build_app
 from consumers.logstore.store import LogStore
 from consumers.logstore.wire import decode_record
 from engine.errors import InvalidEvent
 from engine.events import ReplicationRecord
 from engine.settings import KafkaSettings, Settings
-from georep.runtime import start_http
+from georep.runtime import retry_until_stopped, start_http, unless_stopped
 from producers.kafka import ensure_topics
 
 log = structlog.get_logger(__name__)
@@ -46,7 +44,6 @@ for _outcome in ("stored", "unchanged", "invalid"):
     MESSAGES.labels(_outcome)  # export zeros from the start, so rates and alerts have a series
 CONSUMING = Gauge("georep_logstore_consuming", "1 once the log consumer has joined Kafka; 0 while it is still trying")
 
-T = TypeVar("T")
 Batch = dict[TopicPartition, list[ConsumerRecord]]
 
 
@@ -121,12 +118,7 @@ async def _connect(kafka: KafkaSettings, guard: _DrainOnRevoke, stop: asyncio.Ev
             raise
         return consumer
 
-    try:
-        return await unless_stopped(
-            _retrying(attempt, (KafkaError, OSError, TimeoutError), stop, "logstore.kafka_unavailable"), stop
-        )
-    except RetryError:
-        return None
+    return await retry_until_stopped(attempt, (KafkaError, OSError, TimeoutError), stop, "logstore.kafka_unavailable")
 
 
 async def _store_batch(store: LogStore, batch: Batch, stop: asyncio.Event) -> bool:
@@ -136,9 +128,8 @@ async def _store_batch(store: LogStore, batch: Batch, stop: asyncio.Event) -> bo
     async def write() -> int:
         return await store.put_many(records)
 
-    try:
-        changed = await _retrying(write, (sqlite3.OperationalError,), stop, "logstore.write_failed")
-    except RetryError:
+    changed = await retry_until_stopped(write, (sqlite3.OperationalError,), stop, "logstore.write_failed")
+    if changed is None:
         return False
     MESSAGES.labels("stored").inc(changed)
     MESSAGES.labels("unchanged").inc(len(records) - changed)
@@ -170,33 +161,3 @@ async def _commit(consumer: AIOKafkaConsumer, batch: Batch) -> None:
         # partitions next reads them again, and the upsert makes that a no-op;
         # the next successful commit covers these offsets anyway.
         log.warning("logstore.commit_failed", error=repr(exc), offsets={str(tp): o for tp, o in offsets.items()})
-
-
-async def _retrying(
-    work: Callable[[], Coroutine[Any, Any, T]],
-    errors: tuple[type[BaseException], ...],
-    stop: asyncio.Event,
-    event: str,
-) -> T:
-    """`work()`, retried with jittered backoff on `errors` until it succeeds; RetryError once `stop` is set.
-
-    `work` must be declared `async def`: tenacity awaits only what it recognises as a
-    coroutine function (a lambda returning a coroutine would go unawaited).
-    """
-
-    async def sleep(seconds: float) -> None:
-        await unless_stopped(asyncio.sleep(seconds), stop)
-
-    def warn(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        log.warning(event, attempt=state.attempt_number, error=repr(error), retry_in_s=round(state.upcoming_sleep, 2))
-
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(errors),
-        wait=wait_exponential_jitter(multiplier=0.5, max=30),
-        stop=lambda _: stop.is_set(),
-        sleep=sleep,
-        before_sleep=warn,
-    )
-    result: T = await retrying(work)
-    return result
