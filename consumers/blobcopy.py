@@ -34,9 +34,14 @@ async def copy_blob(
     blob: Descriptor,
     key: str,
     settings: ReplicatorSettings,
+    *,
+    replace: bool = False,
 ) -> int:
-    """Copy `blob` to `key` unless it is there; returns the bytes this call wrote (0 if none)."""
-    if await store.exists(key):
+    """Copy `blob` to `key` unless it is there (or, with `replace`, whether or not it is).
+
+    Returns the bytes this call wrote (0 if none).
+    """
+    if not replace and await store.exists(key):
         return 0
     async with primary.blob(repository, blob.digest) as response:
         if response.content_length is not None and response.content_length != blob.size:
@@ -49,10 +54,14 @@ async def copy_blob(
                     raise _too_long(blob)
             body = bytes(data)
             _check(blob, len(body), Digest.of(body, blob.digest.algorithm))
-            return len(body) if await store.put(key, body, if_absent=True) else 0
+            return len(body) if await store.put(key, body, if_absent=not replace) else 0
         async with store.multipart(key) as upload:
             await _stream_parts(response, upload, blob, settings.part_size)
-            return blob.size if await upload.complete() else 0
+            written = blob.size if await upload.complete(if_absent=not replace) else 0
+    # The blob is in place now: any other upload of it is a crashed or losing copy whose parts
+    # would otherwise sit in the bucket unseen.
+    await store.abort_uploads(key, before=upload.initiated)
+    return written
 
 
 def _too_long(blob: Descriptor) -> DigestMismatch:

@@ -59,7 +59,7 @@ class RegionReplicator:
         root = await self.primary.manifest(event.repository, event.digest)
         manifests = await self._fetch_children(event.repository, root)
         tag_state = TagState(root.digest, event.occurred_at, event.id) if event.tag else None
-        plan = build_plan(self.layout, event.repository, root, manifests, event.tag, tag_state)
+        plan = build_plan(self.layout, event.repository, root, manifests, event.tag, tag_state, repair=event.repair)
 
         copied: list[int] = []
         note = None
@@ -89,10 +89,13 @@ class RegionReplicator:
         return manifests
 
     async def _write(self, repository: Repository, write: Write) -> int:
-        if write.mode is Mode.COPY_BLOB:
+        if write.mode in (Mode.COPY_BLOB, Mode.RECOPY_BLOB):
             assert write.blob is not None
+            replace = write.mode is Mode.RECOPY_BLOB
             async with self._blob_slots:
-                return await copy_blob(self.primary, self.store, repository, write.blob, write.key, self.tuning)
+                return await copy_blob(
+                    self.primary, self.store, repository, write.blob, write.key, self.tuning, replace=replace
+                )
         await self.store.put(write.key, write.body, if_absent=write.mode is Mode.IF_ABSENT)
         return 0
 

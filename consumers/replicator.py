@@ -71,6 +71,7 @@ class ReplicatorService:
             return
         self.consumer = consumer
         paused: set[Any] = set()
+        sweeper = asyncio.create_task(self._sweep_uploads(stop), name="sweep-uploads")
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
@@ -90,6 +91,7 @@ class ReplicatorService:
                         consumer.resume(tp)
                 await self._commit(consumer)
         finally:
+            sweeper.cancel()
             await self.release(set(self.lanes))
             with contextlib.suppress(KafkaError):
                 await consumer.stop()
@@ -139,6 +141,26 @@ class ReplicatorService:
             await self.publisher.publish(self.settings.kafka.log_topic, [], self.tuning.retry_max_s)
         return consumer
 
+    async def _sweep_uploads(self, stop: asyncio.Event) -> None:
+        """Abort multipart uploads abandoned by a copier that died (kill -9, OOM, lost node).
+
+        A finished copy aborts the older uploads of its own blob at once; this
+        catches the rest (a blob nobody copied again), once they are too old
+        to belong to a live copy.
+        """
+        every = self.tuning.stale_upload_s / 4
+        while not stop.is_set():
+            cutoff = utcnow() - timedelta(seconds=self.tuning.stale_upload_s)
+            try:
+                aborted = await self.replicator.store.abort_uploads(self.replicator.layout.blobs_root, before=cutoff)
+            except GeorepError as exc:
+                self.log.warning("replicator.sweep_failed", error=str(exc))
+            else:
+                if aborted:
+                    self.log.info("replicator.swept_uploads", aborted=aborted)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+
     def _open_lane(self, tp: Any) -> Lane:
         lane = Lane(tp, self.handle, self.tuning.partition_buffer)
         self.lanes[tp] = lane
@@ -177,6 +199,8 @@ class ReplicatorService:
         except InvalidEvent as exc:
             await self._dead_letter(record, None, exc, attempts=1)
             return
+        if event.region is not None and event.region != self.region:
+            return  # a redrive or repair for another region: not ours, and no record of ours either
         bound = self.log.bind(
             event_id=event.id,
             repository=str(event.repository),

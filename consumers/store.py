@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aioboto3
@@ -122,7 +122,7 @@ class RegionStore:
             created = await self._s3.create_multipart_upload(Bucket=self.bucket, Key=key)
         except (ClientError, BotoCoreError, OSError) as exc:
             raise _unavailable(exc, key) from exc
-        upload = Multipart(self._s3, self.bucket, key, created["UploadId"])
+        upload = Multipart(self._s3, self.bucket, key, created["UploadId"], datetime.now(UTC))
         try:
             yield upload
         finally:
@@ -141,13 +141,33 @@ class RegionStore:
             raise _unavailable(exc, prefix) from exc
         return found
 
+    async def abort_uploads(self, prefix: str, before: datetime) -> int:
+        """Abort the unfinished multipart uploads under `prefix` started before `before`; how many."""
+        aborted = 0
+        for key, upload_id, initiated in await self.open_uploads(prefix):
+            if initiated >= before:
+                continue  # someone's live upload
+            try:
+                await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                    continue  # aborted or completed meanwhile by its owner
+                raise _unavailable(exc, key) from exc
+            except (BotoCoreError, OSError) as exc:
+                raise _unavailable(exc, key) from exc
+            log.info("store.upload_aborted", key=key, upload_id=upload_id, initiated=initiated.isoformat())
+            aborted += 1
+        return aborted
+
 
 class Multipart:
-    def __init__(self, client: S3Client, bucket: str, key: str, upload_id: str) -> None:
+    def __init__(self, client: S3Client, bucket: str, key: str, upload_id: str, initiated: datetime) -> None:
         self._s3 = client
         self._bucket = bucket
         self.key = key
         self.upload_id = upload_id
+        #: when this upload was created, by our clock (S3's own `Initiated` may be a little later)
+        self.initiated = initiated
         self._parts: list[tuple[int, str]] = []
         self.completed = False
 
@@ -165,16 +185,17 @@ class Multipart:
             raise _unavailable(exc, self.key) from exc
         self._parts.append((number, response["ETag"]))
 
-    async def complete(self) -> bool:
-        """Make the object visible unless it already exists; True if this upload created it."""
+    async def complete(self, *, if_absent: bool = True) -> bool:
+        """Make the object visible (with `if_absent`, unless it already exists); True if this upload created it."""
         parts: list[CompletedPartTypeDef] = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(self._parts)]
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
         try:
             await self._s3.complete_multipart_upload(
                 Bucket=self._bucket,
                 Key=self.key,
                 UploadId=self.upload_id,
                 MultipartUpload={"Parts": parts},
-                IfNoneMatch="*",
+                **extra,
             )
         except ClientError as exc:
             if _status(exc) == 412:

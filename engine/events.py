@@ -104,6 +104,10 @@ class ReplicationEvent(_Message):
     tag: TagField | None = None
     occurred_at: AwareDatetime
     received_at: AwareDatetime
+    #: only this region acts on the event (redrive, repair); None: every region
+    region: RegionField | None = None
+    #: rewrite every key of the image, even those present (repair of a damaged region)
+    repair: bool = False
 
     @model_validator(mode="after")
     def _target(self) -> Self:

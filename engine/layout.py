@@ -74,6 +74,11 @@ class Layout:
         path = "/".join(parts)
         return f"{self.prefix}/{path}" if self.prefix else path
 
+    @property
+    def blobs_root(self) -> str:
+        """The prefix of every blob's data key (for listing, e.g. unfinished uploads)."""
+        return self._key(_V2, "blobs") + "/"
+
     def blob_data(self, digest: Digest) -> str:
         return self._key(_V2, "blobs", digest.algorithm, digest.hex[:2], digest.hex, "data")
 

@@ -15,6 +15,8 @@ a tag whose content is missing:
     9 tag current link     the tag moves: last, and only if no newer push set it
 
 Content writes (1-7) are immutable and written only if absent; 8 and 9 overwrite.
+A repair plan (for a region found damaged) rewrites every key, blobs included:
+a present key may be the damaged one.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Phase(IntEnum):
 
 class Mode(Enum):
     COPY_BLOB = "copy-blob"  # stream from the primary unless the key exists
+    RECOPY_BLOB = "recopy-blob"  # stream from the primary and replace what is there (repair)
     IF_ABSENT = "if-absent"  # immutable: write `body` unless the key exists
     OVERWRITE = "overwrite"  # mutable: the tag pointers
 
@@ -135,8 +138,11 @@ def build_plan(
     manifests: Mapping[Digest, Manifest],
     tag: Tag | None = None,
     tag_state: TagState | None = None,
+    *,
+    repair: bool = False,
 ) -> Plan:
     """All writes for `root` (and, for an index, its children from `manifests`)."""
+    copy, content = (Mode.RECOPY_BLOB, Mode.OVERWRITE) if repair else (Mode.COPY_BLOB, Mode.IF_ABSENT)
     children: dict[Digest, Manifest] = {}
     for desc in _walk_children(root, manifests, 0):
         children.setdefault(desc.digest, manifests[desc.digest])
@@ -145,19 +151,17 @@ def build_plan(
         for blob in manifest.blobs:
             blobs.setdefault(blob.digest, blob)
 
-    writes = [Write(Phase.BLOB_DATA, layout.blob_data(b.digest), Mode.COPY_BLOB, blob=b) for b in blobs.values()]
-    writes += [Write(Phase.LAYER_LINKS, layout.layer_link(repository, d), Mode.IF_ABSENT, link_body(d)) for d in blobs]
+    writes = [Write(Phase.BLOB_DATA, layout.blob_data(b.digest), copy, blob=b) for b in blobs.values()]
+    writes += [Write(Phase.LAYER_LINKS, layout.layer_link(repository, d), content, link_body(d)) for d in blobs]
     for child in children.values():
-        writes.append(Write(Phase.CHILD_DATA, layout.blob_data(child.digest), Mode.IF_ABSENT, child.raw))
+        writes.append(Write(Phase.CHILD_DATA, layout.blob_data(child.digest), content, child.raw))
         revision = layout.revision_link(repository, child.digest)
-        writes.append(Write(Phase.CHILD_LINKS, revision, Mode.IF_ABSENT, link_body(child.digest)))
+        writes.append(Write(Phase.CHILD_LINKS, revision, content, link_body(child.digest)))
     link = link_body(root.digest)
-    writes.append(Write(Phase.MANIFEST_DATA, layout.blob_data(root.digest), Mode.IF_ABSENT, root.raw))
-    writes.append(Write(Phase.MANIFEST_LINK, layout.revision_link(repository, root.digest), Mode.IF_ABSENT, link))
+    writes.append(Write(Phase.MANIFEST_DATA, layout.blob_data(root.digest), content, root.raw))
+    writes.append(Write(Phase.MANIFEST_LINK, layout.revision_link(repository, root.digest), content, link))
     if tag is not None:
-        writes.append(
-            Write(Phase.TAG_INDEX_LINK, layout.tag_index_link(repository, tag, root.digest), Mode.IF_ABSENT, link)
-        )
+        writes.append(Write(Phase.TAG_INDEX_LINK, layout.tag_index_link(repository, tag, root.digest), content, link))
         if tag_state is not None:
             state = tag_state.to_json()
             writes.append(Write(Phase.TAG_STATE, layout.tag_state(repository, tag), Mode.OVERWRITE, state))

@@ -107,6 +107,8 @@ class WebhookSettings(_Part):
     max_body_bytes: int = Field(1 * MiB, ge=1024)
     #: how long one request may wait for Kafka before answering 503
     publish_timeout_s: float = Field(10.0, gt=0)
+    #: event ids remembered after Kafka took them, so that a redelivery is not published twice
+    dedupe_window: int = Field(100_000, ge=0)
 
 
 class ReplicatorSettings(_Part):
@@ -121,6 +123,8 @@ class ReplicatorSettings(_Part):
     retry_max_s: float = Field(30.0, gt=0)
     #: on rebalance or SIGTERM, how long in-flight events may run before they are abandoned
     drain_grace_s: float = Field(30.0, ge=0)
+    #: multipart uploads older than this are abandoned (their copier died) and get aborted
+    stale_upload_s: float = Field(3600.0, gt=0)
     host: str = "127.0.0.1"
     #: health and metrics port (0: pick a free one)
     port: int = Field(8610, ge=0, le=65535)

@@ -5,6 +5,8 @@
     georep logstore                the log consumer and its HTTP query API
     georep logs [filters]          query the replication log (--follow tails Kafka)
     georep topics                  create georep's Kafka topics if missing
+    georep redrive --region R      put R's dead letters back on georep.events
+    georep verify --region R       compare R with the primary (--repair fixes what differs)
 
 Every subcommand reads settings from `GEOREP_*` variables and the TOML file
 given by `--config` (or `GEOREP_CONFIG`). Services answer `--check`: load and
@@ -92,6 +94,15 @@ async def _topics(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _redrive(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.redrive import redrive, summary
+
+    settings.region(args.region)
+    result = await redrive(settings, args.region, dry_run=args.dry_run)
+    print(summary(result, args.region, args.dry_run))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from consumers.logstore import add_logs_arguments
 
@@ -117,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("topics", help="create georep's Kafka topics if missing")
     topics.set_defaults(run=_topics)
+
+    redrive = sub.add_parser("redrive", help="re-publish a region's dead letters once their cause is fixed")
+    redrive.add_argument("--region", required=True)
+    redrive.add_argument("--dry-run", action="store_true", help="list what would be redriven, change nothing")
+    redrive.set_defaults(run=_redrive)
     return parser
 
 

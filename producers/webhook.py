@@ -15,7 +15,8 @@ refusal and every skipped event is logged with its reason.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Final
 
@@ -52,6 +53,9 @@ class WebhookApp:
         self._settings = webhook
         self._topic = kafka.events_topic
         self.publisher = publisher
+        # Ids of events Kafka already took: a registry redelivers an event whose answer it
+        # did not get (a timeout, a restart), and that must not become a second replication.
+        self._published: OrderedDict[str, None] = OrderedDict()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._settings.max_body_bytes)
@@ -103,6 +107,11 @@ class WebhookApp:
             bound.warning("webhook.refused", status=400, reason=exc.message)
             return _error(400, exc.reason, exc.message)
 
+        duplicates = [event.id for event in parsed.events if event.id in self._published]
+        parsed.events = [event for event in parsed.events if event.id not in self._published]
+        for event_id in duplicates:
+            bound.info("webhook.event_skipped", event_id=event_id, reason="duplicate delivery: already published")
+        EVENTS.labels(source, "duplicate").inc(len(duplicates))
         for skip in parsed.skipped:
             bound.info("webhook.event_skipped", index=skip.index, event_id=skip.event_id, reason=skip.reason)
         EVENTS.labels(source, "skipped").inc(len(parsed.skipped))
@@ -114,6 +123,7 @@ class WebhookApp:
                 bound.warning("webhook.kafka_unavailable", status=503, reason=str(exc), events=len(messages))
                 return _error(503, "kafka-unavailable", str(exc))
             EVENTS.labels(source, "published").inc(len(parsed.events))
+            self._remember(event.id for event in parsed.events)
             for event in parsed.events:
                 bound.info(
                     "webhook.event_published",
@@ -126,9 +136,18 @@ class WebhookApp:
         return web.json_response(
             {
                 "published": [event.id for event in parsed.events],
+                "duplicates": duplicates,
                 "skipped": [{"index": s.index, "id": s.event_id, "reason": s.reason} for s in parsed.skipped],
             }
         )
+
+    def _remember(self, ids: Iterable[str]) -> None:
+        window = self._settings.dedupe_window
+        for event_id in ids:
+            self._published[event_id] = None
+            self._published.move_to_end(event_id)
+        while len(self._published) > window:
+            self._published.popitem(last=False)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

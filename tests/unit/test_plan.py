@@ -88,6 +88,15 @@ def test_only_tag_pointers_are_overwritten() -> None:
     assert overwritten == {Phase.TAG_STATE, Phase.TAG_CURRENT_LINK}
 
 
+def test_a_repair_plan_rewrites_every_key_in_the_same_order() -> None:
+    img = image(1, 2)
+    normal = build_plan(LAYOUT, REPO, img, {}, TAG, state(img))
+    repair = build_plan(LAYOUT, REPO, img, {}, TAG, state(img), repair=True)
+    assert [(w.phase, w.key, w.body) for w in repair.writes] == [(w.phase, w.key, w.body) for w in normal.writes]
+    assert {w.mode for w in repair.writes if w.phase is Phase.BLOB_DATA} == {Mode.RECOPY_BLOB}
+    assert {w.mode for w in repair.writes if w.phase is not Phase.BLOB_DATA} == {Mode.OVERWRITE}
+
+
 def test_untagged_push_writes_no_tag() -> None:
     plan = build_plan(LAYOUT, REPO, image(1, 2), {})
     assert max(w.phase for w in plan.writes) is Phase.MANIFEST_LINK

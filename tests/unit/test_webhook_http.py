@@ -88,6 +88,7 @@ async def test_skipped_only_envelope_is_acknowledged_without_kafka(client: TestC
     assert response.status == 200
     assert (await response.json()) == {
         "published": [],
+        "duplicates": [],
         "skipped": [{"index": 0, "id": dist_event()["id"], "reason": "pull events are not replicated"}],
     }
 

@@ -1,0 +1,131 @@
+"""`georep redrive --region R`: put a region's dead letters back on `georep.events`.
+
+Run it once the cause is fixed (the manifest is back on the primary, the
+corrupting proxy is gone). Each dead letter of region R is re-published as
+its original event (same id, same `occurred_at`, so the log store updates
+the event's record and a tag still never moves backwards), addressed to R
+alone: the other regions did not fail it and skip it.
+
+Which letters were already redriven is kept as the committed offsets of the
+consumer group `georep.redrive.<region>`, so a second run redrives only what
+failed since. Letters without a readable event (a malformed message) cannot
+be redriven; they are listed so that someone fixes them at their source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from engine.errors import InvalidEvent
+from engine.events import DeadLetter, ReplicationEvent, describe
+from engine.settings import Settings
+from producers.kafka import KafkaUnavailable, Publisher
+
+log = structlog.get_logger(__name__)
+
+
+def group_id(region: str) -> str:
+    return f"georep.redrive.{region}"
+
+
+@dataclass
+class Redrive:
+    """What one run found and did."""
+
+    redriven: list[ReplicationEvent] = field(default_factory=list)
+    #: (offset, why) of letters for this region that cannot be put back
+    unredrivable: list[tuple[int, str]] = field(default_factory=list)
+
+
+async def redrive(
+    settings: Settings, region: str, *, dry_run: bool = False, say: Callable[[str], None] = print
+) -> Redrive:
+    kafka = settings.kafka
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{kafka.client_id}-redrive-{region}",
+        group_id=group_id(region),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=kafka.request_timeout_ms,
+    )
+    publisher = Publisher(kafka, f"redrive-{region}")
+    result = Redrive()
+    await consumer.start()
+    try:
+        topic = kafka.dead_letter_topic
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            letters = await _read_until(consumer, tp, ends[tp])
+            events = [_event(letter, region, result) for letter in letters]
+            todo = [e for e in events if e is not None]
+            for event in todo:
+                say(f"{'would redrive' if dry_run else 'redrive'} {event.id}  {_target(event)}")
+            if dry_run:
+                result.redriven += todo
+                continue
+            if todo:
+                await publisher.publish(kafka.events_topic, [(e.key, e.to_json()) for e in todo], 30)
+            result.redriven += todo
+            # Only now: a crash before this line redrives the same letters again, which is harmless.
+            await consumer.commit({tp: ends[tp]})
+    finally:
+        with contextlib.suppress(KafkaError, KafkaUnavailable):
+            await publisher.close()
+        await consumer.stop()
+    for offset, why in result.unredrivable:
+        say(f"cannot redrive dead letter at offset {offset}: {why}")
+    return result
+
+
+async def _read_until(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> list[tuple[int, bytes | None]]:
+    """Every (offset, value) from the group's committed position up to `end`."""
+    found: list[tuple[int, bytes | None]] = []
+    if await consumer.position(tp) >= end:
+        return found
+    while True:
+        batch = await consumer.getmany(tp, timeout_ms=1000)
+        found += [(record.offset, record.value) for record in batch.get(tp, []) if record.offset < end]
+        if await consumer.position(tp) >= end:
+            return found
+
+
+def _event(letter: tuple[int, bytes | None], region: str, result: Redrive) -> ReplicationEvent | None:
+    offset, value = letter
+    try:
+        dead = DeadLetter.from_json(value or b"")
+    except InvalidEvent as exc:
+        log.warning("redrive.unreadable_letter", offset=offset, error=str(exc))
+        result.unredrivable.append((offset, f"unreadable dead letter: {exc}"))
+        return None
+    if dead.region != region:
+        return None
+    if dead.event is None:
+        result.unredrivable.append((offset, f"the message was not an event ({dead.reason}: {dead.error})"))
+        return None
+    try:
+        event = ReplicationEvent.model_validate(dead.event)
+    except ValidationError as exc:
+        result.unredrivable.append((offset, f"the dead letter's event is invalid: {describe(exc)}"))
+        return None
+    return event.model_copy(update={"region": region})
+
+
+def _target(event: ReplicationEvent) -> str:
+    tag = f":{event.tag}" if event.tag else ""
+    digest = f"@{event.digest.short}" if event.digest else ""
+    return f"{event.repository}{tag}{digest}"
+
+
+def summary(result: Redrive, region: str, dry_run: bool) -> str:
+    verb = "would redrive" if dry_run else "redriven"
+    return f"{region}: {len(result.redriven)} dead letter(s) {verb}, {len(result.unredrivable)} cannot be redriven"
