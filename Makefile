@@ -15,7 +15,7 @@ KAFKA_STAMP := $(CACHE)/kafka/libs/.complete
 VENV_STAMP := $(VENV)/.installed
 SYSTEM_STAMP := $(CACHE)/.system-packages
 
-.PHONY: install up down demo test lint typecheck unit integration clean
+.PHONY: install up down demo test lint typecheck unit integration faults clean
 
 install: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP)
 
@@ -64,6 +64,10 @@ unit: install
 
 integration: install
 	$(VENV)/bin/pytest tests/integration -q
+
+# Breaks parts of a stack of its own (Kafka, S3, replicators, the primary's bytes) and checks nothing is lost.
+faults: install
+	$(VENV)/bin/pytest tests/faults -q
 
 test: install lint typecheck
 	$(VENV)/bin/pytest tests -q

@@ -27,6 +27,7 @@ from engine.errors import InvalidEvent
 from engine.events import DeadLetter, ReplicationEvent, describe
 from engine.settings import Settings
 from producers.kafka import KafkaUnavailable, Publisher
+from producers.kafka import partitions as kafka_partitions
 
 log = structlog.get_logger(__name__)
 
@@ -61,12 +62,16 @@ async def redrive(
     await consumer.start()
     try:
         topic = kafka.dead_letter_topic
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        # Assigned, not subscribed (the consumer would not fetch the topic's metadata): ask the cluster.
+        partitions = [TopicPartition(topic, p) for p in await kafka_partitions(kafka, topic)]
+        if not partitions:
+            say(f"no topic {topic} on {kafka.bootstrap_servers}: nothing was ever dead-lettered")
+            return result
         consumer.assign(partitions)
         ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
         for tp in partitions:
             letters = await _read_until(consumer, tp, ends[tp])
-            events = [_event(letter, region, result) for letter in letters]
+            events = [redrivable(letter, region, result) for letter in letters]
             todo = [e for e in events if e is not None]
             for event in todo:
                 say(f"{'would redrive' if dry_run else 'redrive'} {event.id}  {_target(event)}")
@@ -99,7 +104,8 @@ async def _read_until(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) 
             return found
 
 
-def _event(letter: tuple[int, bytes | None], region: str, result: Redrive) -> ReplicationEvent | None:
+def redrivable(letter: tuple[int, bytes | None], region: str, result: Redrive) -> ReplicationEvent | None:
+    """The event to put back for `region`, or None (another region's letter, or one noted in `result` as stuck)."""
     offset, value = letter
     try:
         dead = DeadLetter.from_json(value or b"")
@@ -127,5 +133,5 @@ def _target(event: ReplicationEvent) -> str:
 
 
 def summary(result: Redrive, region: str, dry_run: bool) -> str:
-    verb = "would redrive" if dry_run else "redriven"
+    verb = "would be redriven" if dry_run else "redriven"
     return f"{region}: {len(result.redriven)} dead letter(s) {verb}, {len(result.unredrivable)} cannot be redriven"

@@ -23,7 +23,7 @@ import structlog
 from engine.digest import Digest
 from engine.errors import GeorepError, NotFoundUpstream, UpstreamUnavailable
 from engine.manifests import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
-from engine.names import Repository
+from engine.names import Repository, Tag
 from engine.settings import PrimarySettings
 
 log = structlog.get_logger(__name__)
@@ -76,11 +76,25 @@ class RegistryClient:
 
     async def manifest(self, repository: Repository, digest: Digest) -> Manifest:
         """Fetch a manifest by digest and verify it; raises NotFoundUpstream if the primary lacks it."""
-        path = f"/v2/{repository}/manifests/{digest}"
-        async with self._get(path, repository, {"Accept": ACCEPT}) as response:
-            raw = await response.content.read(MAX_MANIFEST_BYTES + 1)
-            content_type = response.headers.get("Content-Type")
+        raw, content_type, _ = await self._manifest(repository, str(digest))
         return parse_manifest(raw, digest, content_type)
+
+    async def tagged(self, repository: Repository, tag: Tag) -> Manifest:
+        """The manifest `tag` points at now, verified against the digest the primary names for it."""
+        raw, content_type, served = await self._manifest(repository, str(tag))
+        digest = Digest.parse(served) if served else Digest.of(raw)
+        return parse_manifest(raw, digest, content_type)
+
+    async def _manifest(self, repository: Repository, reference: str) -> tuple[bytes, str | None, str | None]:
+        """(bytes, Content-Type, Docker-Content-Digest) of a manifest: read whole, or until it is over the limit."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        async with self._get(path, repository, {"Accept": ACCEPT}) as response:
+            # `read(n)` returns what is buffered, which may be part of the body: read until the end or the limit.
+            raw = bytearray()
+            while len(raw) <= MAX_MANIFEST_BYTES and (chunk := await response.content.read(MAX_MANIFEST_BYTES + 1)):
+                raw += chunk
+            headers = response.headers
+            return bytes(raw), headers.get("Content-Type"), headers.get("Docker-Content-Digest")
 
     @asynccontextmanager
     async def blob(self, repository: Repository, digest: Digest) -> AsyncIterator[aiohttp.ClientResponse]:

@@ -13,7 +13,7 @@ from consumers.blobcopy import copy_blob
 from consumers.registry import RegistryClient
 from consumers.store import RegionStore
 from engine.digest import Digest
-from engine.errors import GeorepError, InvalidEvent
+from engine.errors import GeorepError, InvalidEvent, leaves
 from engine.events import Action, ReplicationEvent, Status
 from engine.layout import Layout
 from engine.manifests import Manifest
@@ -125,14 +125,7 @@ async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
 
 def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """A permanent failure says more than a transient one; either says more than a bug's side effects."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    georep = [e for e in leaves if isinstance(e, GeorepError)]
+    failures = leaves(group)
+    georep = [e for e in failures if isinstance(e, GeorepError)]
     permanent = [e for e in georep if not e.retriable]
-    return (permanent or georep or leaves)[0]
+    return (permanent or georep or failures)[0]

@@ -27,6 +27,7 @@ from consumers.replicate import Outcome, RegionReplicator
 from consumers.store import RegionStore
 from engine.errors import GeorepError, InvalidEvent
 from engine.events import DeadLetter, ReplicationEvent, ReplicationRecord, Status, utcnow
+from engine.logconfig import scrub
 from engine.settings import Settings
 from georep.runtime import metrics_handler, retry_until_stopped, start_http
 from producers.kafka import KafkaUnavailable, Publisher, ensure_topics
@@ -281,7 +282,8 @@ class ReplicatorService:
             finished_at=finished,
             occurred_at=event.occurred_at,
             lag_ms=max(0, lag // timedelta(milliseconds=1)),
-            error=error,
+            # Records leave the process (Kafka, the log store, `georep logs`): no credential may ride along.
+            error=scrub(error) if error else None,
             note=done.note,
         )
         await self._publish(self.settings.kafka.log_topic, record.key, record.to_json())
@@ -299,7 +301,7 @@ class ReplicatorService:
         letter = DeadLetter(
             region=self.region,
             reason=reason,
-            error=str(exc),
+            error=scrub(str(exc)),
             attempts=attempts,
             failed_at=utcnow(),
             event=event.model_dump(mode="json", by_alias=True) if event else None,

@@ -10,6 +10,7 @@ exception, cancellation included, so a crash never leaves a visible object.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import structlog
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from engine.digest import Digest
 from engine.errors import StorageUnavailable
 from engine.settings import RegionSettings
 
@@ -79,15 +81,46 @@ class RegionStore:
             raise _unavailable(exc, f"bucket {self.bucket}") from exc
 
     async def exists(self, key: str) -> bool:
+        return await self.size(key) is not None
+
+    async def size(self, key: str) -> int | None:
+        """The object's length in bytes (one HEAD), or None if it does not exist."""
         try:
-            await self._s3.head_object(Bucket=self.bucket, Key=key)
+            head = await self._s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _status(exc) == 404:
-                return False
+                return None
             raise _unavailable(exc, key) from exc
         except (BotoCoreError, OSError) as exc:
             raise _unavailable(exc, key) from exc
-        return True
+        return int(head["ContentLength"])
+
+    async def digest(self, key: str, algorithm: str = "sha256", chunk_size: int = 1024 * 1024) -> Digest | None:
+        """The digest of the object's bytes, streamed (memory stays at one chunk), or None if it does not exist."""
+        hasher = hashlib.new(algorithm)
+        try:
+            response = await self._s3.get_object(Bucket=self.bucket, Key=key)
+            stream = response["Body"]
+            async with stream:  # releases the connection, read or not
+                async for chunk in stream.iter_chunks(chunk_size):
+                    hasher.update(chunk)
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise _unavailable(exc, key) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise _unavailable(exc, key) from exc
+        return Digest(algorithm, hasher.hexdigest())
+
+    async def keys(self, prefix: str) -> AsyncIterator[str]:
+        """Every key under `prefix` (ListObjectsV2, page by page)."""
+        paginator = self._s3.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"]
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise _unavailable(exc, prefix) from exc
 
     async def get(self, key: str) -> bytes | None:
         try:

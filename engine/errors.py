@@ -76,3 +76,16 @@ class StorageUnavailable(GeorepError):
     retriable = True
     max_attempts = None
     reason = "storage-unavailable"
+
+
+def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, as a flat list."""
+    found: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            found.append(exc)
+    return found

@@ -107,6 +107,10 @@ class Layout:
     def tag_current_link(self, repository: Repository, tag: Tag) -> str:
         return self._key(_V2, "repositories", repository.name, "_manifests", "tags", tag.name, "current", "link")
 
+    def tags_root(self, repository: Repository) -> str:
+        """The prefix of every tag link of a repository (for listing the tags a region has)."""
+        return self._key(_V2, "repositories", repository.name, "_manifests", "tags") + "/"
+
     def tag_state(self, repository: Repository, tag: Tag) -> str:
         return self._key("georep", "v1", "repositories", repository.name, "_tags", tag.name)
 

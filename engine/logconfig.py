@@ -60,6 +60,13 @@ def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMap
     return event_dict
 
 
+class _ScrubbingFormatter(logging.Formatter):
+    """For what libraries log through the standard library: the whole line, traceback included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     numeric = logging.getLevelNamesMapping()[level.upper()]
     shared: list[structlog.typing.Processor] = [
@@ -82,6 +89,6 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         cache_logger_on_first_use=True,
     )
     # aiokafka and botocore log through the standard library; keep their warnings, drop their chatter.
-    logging.basicConfig(
-        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ScrubbingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler])

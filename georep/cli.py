@@ -103,6 +103,25 @@ async def _redrive(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.verify import publish_repairs, render_json, render_text, repair_events, verify
+    from producers.kafka import KafkaUnavailable
+
+    settings.region(args.region)
+    report = await verify(settings, args.region, args.repository, rehash=args.rehash)
+    repairs = repair_events(report.damaged, args.region) if args.repair else []
+    if repairs:
+        try:
+            await publish_repairs(settings, repairs, args.region)
+        except KafkaUnavailable as exc:
+            print(render_json(report, []) if args.json else render_text(report, []))
+            print(f"georep verify: repair events not published: {exc}", file=sys.stderr)
+            return 1
+    print(render_json(report, repairs) if args.json else render_text(report, repairs))
+    # tag-extra alone is no failure: deletes are not replicated yet, so every deleted tag would be one.
+    return 1 if report.damaged and not repairs else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from consumers.logstore import add_logs_arguments
 
@@ -133,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("--region", required=True)
     redrive.add_argument("--dry-run", action="store_true", help="list what would be redriven, change nothing")
     redrive.set_defaults(run=_redrive)
+
+    verify = sub.add_parser("verify", help="compare a region with the primary; exit 1 if they differ")
+    verify.add_argument("--region", required=True)
+    verify.add_argument(
+        "--repository", default="*", metavar="PATTERN", help="repositories to check, a glob (default: all)"
+    )
+    verify.add_argument("--rehash", action="store_true", help="read every blob back and check its sha256")
+    verify.add_argument("--repair", action="store_true", help="publish repair events for every damaged tag")
+    verify.add_argument("--json", action="store_true", help="the report as one JSON document, for machines")
+    verify.set_defaults(run=_verify)
     return parser
 
 

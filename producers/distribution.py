@@ -33,7 +33,10 @@ MAX_EVENTS: Final = 1000
 def _is_manifest_target(target: dict[str, object]) -> bool:
     media_type = target.get("mediaType")
     url = target.get("url")
-    return media_type in MANIFEST_TYPES or (isinstance(url, str) and "/manifests/" in url)
+    # Only a string can be looked up: a list or object here is hostile input, not a manifest type.
+    return (isinstance(media_type, str) and media_type in MANIFEST_TYPES) or (
+        isinstance(url, str) and "/manifests/" in url
+    )
 
 
 def parse_envelope(body: bytes, received_at: datetime) -> Parsed:

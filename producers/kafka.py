@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -30,8 +31,8 @@ def topic_specs(kafka: KafkaSettings) -> list[NewTopic]:
     ]
 
 
-async def ensure_topics(kafka: KafkaSettings) -> None:
-    """Create georep's topics if they are missing; existing topics are left as they are."""
+@asynccontextmanager
+async def _admin(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=kafka.bootstrap_servers,
         client_id=f"{kafka.client_id}-admin",
@@ -39,6 +40,14 @@ async def ensure_topics(kafka: KafkaSettings) -> None:
     )
     try:
         await admin.start()
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(kafka: KafkaSettings) -> None:
+    """Create georep's topics if they are missing; existing topics are left as they are."""
+    async with _admin(kafka) as admin:
         existing = set(await admin.list_topics())
         missing = [t for t in topic_specs(kafka) if t.name not in existing]
         if missing:
@@ -46,8 +55,13 @@ async def ensure_topics(kafka: KafkaSettings) -> None:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
             log.info("kafka.topics_created", topics=[t.name for t in missing])
-    finally:
-        await admin.close()
+
+
+async def partitions(kafka: KafkaSettings, topic: str) -> list[int]:
+    """The partition numbers of `topic`; empty if the topic does not exist."""
+    async with _admin(kafka) as admin:
+        described = await admin.describe_topics([topic])
+    return sorted(p["partition"] for t in described if t["topic"] == topic for p in t["partitions"])
 
 
 def make_producer(kafka: KafkaSettings, role: str) -> AIOKafkaProducer:

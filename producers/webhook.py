@@ -101,6 +101,11 @@ class WebhookApp:
             reason = f"body exceeds {self._settings.max_body_bytes} bytes"
             bound.warning("webhook.refused", status=413, reason=reason)
             return _error(413, "body-too-large", reason)
+        except web.RequestPayloadError:
+            # A Content-Encoding the body does not match, or broken chunked framing.
+            reason = "body cannot be read: it does not match its Content-Encoding or transfer framing"
+            bound.warning("webhook.refused", status=400, reason=reason)
+            return _error(400, "invalid-body", reason)
         try:
             parsed = parse(body, utcnow())
         except InvalidInput as exc:

@@ -100,8 +100,9 @@ class Proc:
 class Launcher:
     """Starts components, remembers how (so one can be restarted), and records their pids."""
 
-    def __init__(self, spec: StackSpec) -> None:
+    def __init__(self, spec: StackSpec, georep_env: dict[str, str]) -> None:
         self.spec = spec
+        self.georep_env = georep_env
         self.logs = spec.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, Proc] = {}
@@ -170,11 +171,11 @@ async def _http_ok(url: str, status: int = 200) -> bool:
         return response.status == status
 
 
-async def _kafka_ready(spec: StackSpec) -> bool:
+async def _kafka_ready(bootstrap: str) -> bool:
     from engine.settings import KafkaSettings
     from producers.kafka import ensure_topics
 
-    kafka = KafkaSettings(bootstrap_servers=f"{spec.host}:{spec.ports.kafka}", request_timeout_ms=5000)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     try:
         await ensure_topics(kafka)
     except Exception:
@@ -182,7 +183,7 @@ async def _kafka_ready(spec: StackSpec) -> bool:
     return True
 
 
-async def _bucket_ready(spec: StackSpec, region: RegionSpec) -> bool:
+async def _bucket_ready(endpoint: str, bucket: str, access_key: str, secret_key: str) -> bool:
     import aioboto3
     from aiobotocore.config import AioConfig
     from botocore.exceptions import ClientError
@@ -190,22 +191,48 @@ async def _bucket_ready(spec: StackSpec, region: RegionSpec) -> bool:
     session = aioboto3.Session()
     async with session.client(
         "s3",
-        endpoint_url=spec.url(spec.ports.seaweed(region.index)["s3"]),
-        aws_access_key_id=region.access_key,
-        aws_secret_access_key=region.secret_key,
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
         region_name="us-east-1",
         config=AioConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=2),
     ) as s3:
         try:
-            await s3.create_bucket(Bucket=region.bucket)
+            await s3.create_bucket(Bucket=bucket)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 return False
         # Ready means writable: SeaweedFS allocates a bucket's volumes on its first write, which
         # takes about a second; doing that here keeps it out of the first replication.
-        await s3.put_object(Bucket=region.bucket, Key="georep-ready-probe", Body=b"ok")
-        await s3.delete_object(Bucket=region.bucket, Key="georep-ready-probe")
+        await s3.put_object(Bucket=bucket, Key="georep-ready-probe", Body=b"ok")
+        await s3.delete_object(Bucket=bucket, Key="georep-ready-probe")
     return True
+
+
+def _bucket_access(spec: StackSpec, region: RegionSpec) -> tuple[str, str, str, str]:
+    return spec.url(spec.ports.seaweed(region.index)["s3"]), region.bucket, region.access_key, region.secret_key
+
+
+def _probe(info: dict[str, Any], name: str) -> Callable[[], Awaitable[bool]]:
+    """How to ask component `name` of a running stack whether it is ready."""
+    kind, _, region_name = name.partition("-")
+    region = info["regions"].get(region_name, {})
+    probes: dict[str, Callable[[], Awaitable[bool]]] = {
+        "kafka": lambda: _kafka_ready(info["kafka"]),
+        "primary": lambda: _http_ok(f"http://{info['primary']}/v2/"),
+        "webhook": lambda: _http_ok(info["webhook"].rsplit("/webhooks/", 1)[0] + "/readyz"),
+        "logstore": lambda: _http_ok(info["logs"] + "/healthz"),
+        "s3": lambda: _bucket_ready(region["s3"], region["bucket"], region["access_key"], region["secret_key"]),
+        "registry": lambda: _http_ok(f"http://{region.get('registry')}/v2/"),
+        "replicator": lambda: _http_ok(f"{region.get('replicator')}/healthz"),
+    }
+    return probes[kind]
+
+
+async def wait_up(root: Path, name: str, timeout_s: float = 90) -> None:
+    """Wait until component `name` (just restarted, say) answers its readiness probe."""
+    info = _read(root)
+    await wait_ready(name, Proc(info["pids"][name]), _probe(info, name), Path(info["commands"][name]["log"]), timeout_s)
 
 
 # -- the stack ----------------------------------------------------------------
@@ -286,8 +313,17 @@ def _georep(spec: StackSpec, *args: str) -> list[str]:
     return [sys.executable, "-m", "georep", "--config", str(spec.root / "georep.toml"), *args]
 
 
-async def up(root: Path, port_base: int, regions: list[str], timeout_s: float = 90) -> dict[str, Any]:
-    """Start every part, wait until each answers, write and return stack.json."""
+async def up(
+    root: Path,
+    port_base: int,
+    regions: list[str],
+    timeout_s: float = 90,
+    georep_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Start every part, wait until each answers, write and return stack.json.
+
+    `georep_env` adds `GEOREP_*` settings to georep's own processes (tests shorten backoffs with it).
+    """
     if (root / STACK_FILE).exists() and _running(_read(root)):
         raise StackError(f"a stack is already running from {root}: stop it first (make down)")
     for leftover in ("kafka", "primary", "logstore", *(f"s3-{r}" for r in regions), "logs"):
@@ -296,7 +332,7 @@ async def up(root: Path, port_base: int, regions: list[str], timeout_s: float = 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     spec = make_spec(root, port_base, regions)
     spec.root.mkdir(parents=True, exist_ok=True)
-    launcher = Launcher(spec)
+    launcher = Launcher(spec, georep_env or {})
     try:
         await _up(launcher, timeout_s)
     except BaseException:
@@ -312,8 +348,11 @@ async def _up(launcher: Launcher, timeout_s: float) -> None:
     for region in spec.regions:
         _start_seaweed(launcher, region)
     await asyncio.gather(
-        launcher.wait("kafka", lambda: _kafka_ready(spec), timeout_s),
-        *(launcher.wait(f"s3-{r.name}", lambda r=r: _bucket_ready(spec, r), timeout_s) for r in spec.regions),  # type: ignore[misc]
+        launcher.wait("kafka", lambda: _kafka_ready(f"{spec.host}:{spec.ports.kafka}"), timeout_s),
+        *(
+            launcher.wait(f"s3-{r.name}", lambda r=r: _bucket_ready(*_bucket_access(spec, r)), timeout_s)  # type: ignore[misc]
+            for r in spec.regions
+        ),
     )
 
     registry = shutil.which("docker-registry") or "/usr/bin/docker-registry"
@@ -322,11 +361,11 @@ async def _up(launcher: Launcher, timeout_s: float) -> None:
         launcher.start(f"registry-{region.name}", [registry, "serve", str(configs.region_registry(spec, region))])
 
     configs.georep_toml(spec)
-    launcher.start("webhook", _georep(spec, "webhook"))
-    launcher.start("logstore", _georep(spec, "logstore"))
+    launcher.start("webhook", _georep(spec, "webhook"), launcher.georep_env)
+    launcher.start("logstore", _georep(spec, "logstore"), launcher.georep_env)
     for region in spec.regions:
         port = spec.ports.replicator(region.index)
-        env = {"GEOREP_REPLICATOR__PORT": str(port)}
+        env = launcher.georep_env | {"GEOREP_REPLICATOR__PORT": str(port)}
         launcher.start(f"replicator-{region.name}", _georep(spec, "replicate", "--region", region.name), env)
 
     probes: list[Awaitable[None]] = [
@@ -414,10 +453,19 @@ def down(root: Path) -> list[str]:
     return list(reversed(running))
 
 
-def restart(root: Path, name: str) -> int:
-    """Start one stopped component again, exactly as `up` did; returns its new pid."""
+def stop(root: Path, name: str, sig: signal.Signals = signal.SIGTERM, grace_s: float = 60) -> float:
+    """Stop one component with `sig` (SIGKILL after `grace_s`); returns the seconds it took to exit."""
     info = _read(root)
-    proc = spawn(info["commands"][name])
+    started = time.monotonic()
+    stop_pid(info["pids"][name], info["commands"][name]["argv"], grace_s, sig)
+    return time.monotonic() - started
+
+
+def restart(root: Path, name: str, env: dict[str, str] | None = None) -> int:
+    """Start one stopped component again as `up` did (plus `env`, if given); returns its new pid."""
+    info = _read(root)
+    command = info["commands"][name]
+    proc = spawn(command | {"env": command["env"] | (env or {})})
     info["pids"][name] = proc.pid
     (root / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return proc.pid

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -120,6 +121,17 @@ class Stack:
         for event_id in {r["event_id"] for r in found}:
             assert {r["region"] for r in found if r["event_id"] == event_id} == set(self.regions)
         return {r["region"]: r for r in found if r["status"] == "succeeded"}
+
+
+async def run_georep(live: Stack, *args: str, timeout_s: float = 60) -> tuple[int, str, str]:
+    """Run the real `georep` command against the stack: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "georep", "--config", live.info["config"], *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture(scope="session")

@@ -2,44 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from engine.digest import Digest
 from engine.errors import InvalidManifest
 from engine.layout import KeyKind, Layout, link_body
-from engine.manifests import OCI_INDEX, OCI_MANIFEST, Manifest, parse_manifest
+from engine.manifests import Manifest
 from engine.names import Repository, Tag
 from engine.plan import MAX_INDEX_DEPTH, Mode, Phase, TagState, build_plan, child_digests
+from tests.unit.manifest_builders import image, index
 
 LAYOUT = Layout("pfx")
 REPO = Repository.parse("team/app")
 TAG = Tag.parse("v1")
 WHEN = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def blob(n: int) -> dict[str, Any]:
-    return {"mediaType": "application/octet-stream", "digest": f"sha256:{n:064x}", "size": n}
-
-
-def manifest(doc: dict[str, Any]) -> Manifest:
-    raw = json.dumps(doc).encode()
-    return parse_manifest(raw, Digest.of(raw))
-
-
-def image(*blob_ids: int) -> Manifest:
-    config, *layers = blob_ids
-    return manifest(
-        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": blob(config), "layers": [blob(n) for n in layers]}
-    )
-
-
-def index(*children: Manifest) -> Manifest:
-    entries = [{"mediaType": c.media_type, "digest": str(c.digest), "size": len(c.raw)} for c in children]
-    return manifest({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
 
 
 def state(m: Manifest, at: datetime = WHEN, event: str = "e1") -> TagState:
