@@ -2,6 +2,7 @@
 #   make demo   start the local stack, push a multi-arch image, watch it reach both regions, stop
 #   make test   lint, type-check, unit and integration tests (starts and stops its own stack)
 #   make up / make down   the local stack, in the background, for poking around
+#   make bench  benchmarks against skopeo and the machine's ceilings (not CI); writes bench/
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -15,7 +16,7 @@ KAFKA_STAMP := $(CACHE)/kafka/libs/.complete
 VENV_STAMP := $(VENV)/.installed
 SYSTEM_STAMP := $(CACHE)/.system-packages
 
-.PHONY: install up down demo test lint typecheck unit integration faults clean
+.PHONY: install up down demo test lint typecheck unit integration faults bench clean
 
 install: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP)
 
@@ -68,6 +69,15 @@ integration: install
 # Breaks parts of a stack of its own (Kafka, S3, replicators, the primary's bytes) and checks nothing is lost.
 faults: install
 	$(VENV)/bin/pytest tests/faults -q
+
+# Not part of CI: a stack of its own on ports 27000+, every scenario 3 times; writes bench/results.{json,md}, bench/plot.png.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(VENV_STAMP)
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[dev,bench]'
+	@touch $@
+
+bench: install $(BENCH_STAMP)
+	$(PY) -m tests.bench.run $(BENCH_ARGS)
 
 test: install lint typecheck
 	$(VENV)/bin/pytest tests -q

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import structlog
 
 from consumers.blobcopy import copy_blob
+from consumers.budget import ByteBudget
 from consumers.registry import RegistryClient
 from consumers.store import RegionStore
 from engine.digest import Digest
@@ -18,7 +19,7 @@ from engine.events import Action, ReplicationEvent, Status
 from engine.layout import Layout
 from engine.manifests import Manifest
 from engine.names import Repository, Tag
-from engine.plan import Mode, Phase, TagState, Write, build_plan, child_digests
+from engine.plan import Mode, Phase, TagState, Write, build_plan, child_digests, steps, tag_writes
 from engine.settings import ReplicatorSettings
 
 log = structlog.get_logger(__name__)
@@ -43,6 +44,7 @@ class RegionReplicator:
         primary: RegistryClient,
         tuning: ReplicatorSettings,
         blob_slots: asyncio.Semaphore,
+        budget: ByteBudget,
     ) -> None:
         self.layout = layout
         self.store = store
@@ -50,28 +52,27 @@ class RegionReplicator:
         self.tuning = tuning
         # Shared by all partitions of the process: bounds memory and connections, not per-event work.
         self._blob_slots = blob_slots
+        self._budget = budget
 
     async def replicate(self, event: ReplicationEvent) -> Outcome:
         if event.action is Action.DELETE:
             return Outcome(Status.SKIPPED, note="deletes are not replicated yet: the region keeps the content")
         if event.digest is None:
             raise InvalidEvent("a push event without a digest")
+        tag_state = TagState(event.digest, event.occurred_at, event.id) if event.tag else None
+        revision = self.layout.revision_link(event.repository, event.digest)
+        if not event.repair and await self.store.exists(revision):
+            # Its revision link is written after all of a manifest's content: the content is whole.
+            # What is left is the tag, if any (a second tag, a replay): no manifest fetch, no blob check.
+            writes = tag_writes(self.layout, event.repository, event.digest, event.tag, tag_state) if event.tag else []
+            note = await self._apply(event, writes, tag_state)
+            return Outcome(Status.SUCCEEDED, note=note or "content already in the region")
+
         root = await self.primary.manifest(event.repository, event.digest)
         manifests = await self._fetch_children(event.repository, root)
-        tag_state = TagState(root.digest, event.occurred_at, event.id) if event.tag else None
         plan = build_plan(self.layout, event.repository, root, manifests, event.tag, tag_state, repair=event.repair)
-
         copied: list[int] = []
-        note = None
-        for phase, writes in plan.phases():
-            if phase is Phase.TAG_STATE and event.tag is not None and tag_state is not None:
-                newer = await self._newer_push(event.repository, event.tag, tag_state)
-                if newer is not None:
-                    note = f"tag {event.tag} left on {newer.digest.short}: set by a newer push ({newer.event_id})"
-                    break
-            results = await _all(self._write(event.repository, write) for write in writes)
-            if phase is Phase.BLOB_DATA:
-                copied = results
+        note = await self._apply(event, list(plan.writes), tag_state, copied)
         return Outcome(
             Status.SUCCEEDED,
             blobs_total=len(plan.blobs),
@@ -80,6 +81,20 @@ class RegionReplicator:
             manifests_total=1 + len(plan.children),
             note=note,
         )
+
+    async def _apply(
+        self, event: ReplicationEvent, writes: list[Write], tag_state: TagState | None, copied: list[int] | None = None
+    ) -> str | None:
+        """Write step by step; stop before the tag if a newer push set it. Returns a note, if any."""
+        for step in steps(writes):
+            if event.tag is not None and tag_state is not None and any(w.phase is Phase.TAG_STATE for w in step):
+                newer = await self._newer_push(event.repository, event.tag, tag_state)
+                if newer is not None:
+                    return f"tag {event.tag} left on {newer.digest.short}: set by a newer push ({newer.event_id})"
+            results = await _all(self._write(event.repository, write) for write in step)
+            if copied is not None:
+                copied += [n for write, n in zip(step, results, strict=True) if write.phase is Phase.BLOB_DATA]
+        return None
 
     async def _fetch_children(self, repository: Repository, root: Manifest) -> dict[Digest, Manifest]:
         manifests: dict[Digest, Manifest] = {}
@@ -94,8 +109,9 @@ class RegionReplicator:
             replace = write.mode is Mode.RECOPY_BLOB
             async with self._blob_slots:
                 return await copy_blob(
-                    self.primary, self.store, repository, write.blob, write.key, self.tuning, replace=replace
-                )
+                    self.primary, self.store, repository, write.blob, write.key, self.tuning, self._budget,
+                    replace=replace,
+                )  # fmt: skip
         await self.store.put(write.key, write.body, if_absent=write.mode is Mode.IF_ABSENT)
         return 0
 

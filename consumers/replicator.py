@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from consumers import metrics
+from consumers.budget import ByteBudget
 from consumers.lanes import Lane
 from consumers.registry import RegistryClient
 from consumers.replicate import Outcome, RegionReplicator
@@ -362,13 +363,14 @@ def _give_up(state: RetryCallState) -> bool:
 async def serve_replicator(settings: Settings, region: str, stop: asyncio.Event) -> None:
     region_settings = settings.region(region)
     blob_slots = asyncio.Semaphore(settings.replicator.blob_concurrency)
+    budget = ByteBudget(settings.replicator.buffer_bytes)
     connections = settings.replicator.blob_concurrency * 2 + 8
     async with (
         RegistryClient.session(settings.primary, connections) as session,
         RegionStore.open(region_settings, connections) as store,
     ):
         primary = RegistryClient(settings.primary, session)
-        replicator = RegionReplicator(region_settings.layout, store, primary, settings.replicator, blob_slots)
+        replicator = RegionReplicator(region_settings.layout, store, primary, settings.replicator, blob_slots, budget)
         service = ReplicatorService(settings, region, replicator)
         runner = await start_http(service.health_app(), settings.replicator.host, settings.replicator.port)
         try:

@@ -15,13 +15,18 @@ a tag whose content is missing:
     9 tag current link     the tag moves: last, and only if no newer push set it
 
 Content writes (1-7) are immutable and written only if absent; 8 and 9 overwrite.
+Phases that cannot make anything servable before its dependencies run together
+in one step (`STEPS`), so an image costs six round trips to the store, not nine.
+A manifest's revision link is written after all of its content, so a present
+revision link means the content is whole: then only the tag is left to do
+(`tag_writes`).
 A repair plan (for a region found damaged) rewrites every key, blobs included:
 a present key may be the damaged one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, IntEnum
@@ -50,6 +55,27 @@ class Phase(IntEnum):
     TAG_CURRENT_LINK = 9
 
 
+#: Phases that run together. Data keys are invisible until a link names them; the tag index link
+#: is history (`current` decides what a tag serves); every other step waits for the one before.
+STEPS: tuple[frozenset[Phase], ...] = (
+    frozenset({Phase.BLOB_DATA, Phase.CHILD_DATA, Phase.MANIFEST_DATA}),
+    frozenset({Phase.LAYER_LINKS}),
+    frozenset({Phase.CHILD_LINKS}),
+    frozenset({Phase.MANIFEST_LINK, Phase.TAG_INDEX_LINK}),
+    frozenset({Phase.TAG_STATE}),
+    frozenset({Phase.TAG_CURRENT_LINK}),
+)
+
+
+def steps(writes: Iterable[Write]) -> Iterator[list[Write]]:
+    """The writes grouped by STEPS, and within a step by `height`, in order; empty groups are left out."""
+    pending = list(writes)
+    for step in STEPS:
+        now = [w for w in pending if w.phase in step]
+        for height in sorted({w.height for w in now}):
+            yield [w for w in now if w.height == height]
+
+
 class Mode(Enum):
     COPY_BLOB = "copy-blob"  # stream from the primary unless the key exists
     RECOPY_BLOB = "recopy-blob"  # stream from the primary and replace what is there (repair)
@@ -64,6 +90,8 @@ class Write:
     mode: Mode
     body: bytes = b""
     blob: Descriptor | None = None
+    #: a nested index's revision link waits for its children's (height 0: a manifest that is not an index)
+    height: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,17 +181,34 @@ def build_plan(
 
     writes = [Write(Phase.BLOB_DATA, layout.blob_data(b.digest), copy, blob=b) for b in blobs.values()]
     writes += [Write(Phase.LAYER_LINKS, layout.layer_link(repository, d), content, link_body(d)) for d in blobs]
-    for child in children.values():
+    heights: dict[Digest, int] = {}
+    for child in children.values():  # deepest first, so a child's own children are measured already
+        heights[child.digest] = max((heights[c.digest] + 1 for c in child.children), default=0)
         writes.append(Write(Phase.CHILD_DATA, layout.blob_data(child.digest), content, child.raw))
         revision = layout.revision_link(repository, child.digest)
-        writes.append(Write(Phase.CHILD_LINKS, revision, content, link_body(child.digest)))
+        writes.append(
+            Write(Phase.CHILD_LINKS, revision, content, link_body(child.digest), height=heights[child.digest])
+        )
     link = link_body(root.digest)
     writes.append(Write(Phase.MANIFEST_DATA, layout.blob_data(root.digest), content, root.raw))
     writes.append(Write(Phase.MANIFEST_LINK, layout.revision_link(repository, root.digest), content, link))
     if tag is not None:
-        writes.append(Write(Phase.TAG_INDEX_LINK, layout.tag_index_link(repository, tag, root.digest), content, link))
-        if tag_state is not None:
-            state = tag_state.to_json()
-            writes.append(Write(Phase.TAG_STATE, layout.tag_state(repository, tag), Mode.OVERWRITE, state))
-        writes.append(Write(Phase.TAG_CURRENT_LINK, layout.tag_current_link(repository, tag), Mode.OVERWRITE, link))
+        writes += tag_writes(layout, repository, root.digest, tag, tag_state, content)
     return Plan(repository, tag, root, tuple(children.values()), tuple(blobs.values()), tuple(writes))
+
+
+def tag_writes(
+    layout: Layout,
+    repository: Repository,
+    digest: Digest,
+    tag: Tag,
+    tag_state: TagState | None,
+    content: Mode = Mode.IF_ABSENT,
+) -> list[Write]:
+    """What pointing `tag` at `digest` writes, once the manifest's content is whole."""
+    link = link_body(digest)
+    writes = [Write(Phase.TAG_INDEX_LINK, layout.tag_index_link(repository, tag, digest), content, link)]
+    if tag_state is not None:
+        writes.append(Write(Phase.TAG_STATE, layout.tag_state(repository, tag), Mode.OVERWRITE, tag_state.to_json()))
+    writes.append(Write(Phase.TAG_CURRENT_LINK, layout.tag_current_link(repository, tag), Mode.OVERWRITE, link))
+    return writes

@@ -29,6 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,23 @@ STACK_FILE = "stack.json"
 
 class StackError(RuntimeError):
     pass
+
+
+@dataclass
+class Running:
+    """A started stack, as its stack.json describes it: what scripts and tests hold on to."""
+
+    info: dict[str, Any]
+    root: Path
+
+    @property
+    def primary(self) -> str:
+        return str(self.info["primary"])
+
+    @property
+    def regions(self) -> dict[str, dict[str, Any]]:
+        regions: dict[str, dict[str, Any]] = self.info["regions"]
+        return regions
 
 
 # -- processes --------------------------------------------------------------

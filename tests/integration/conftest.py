@@ -33,20 +33,9 @@ REPLICATION_TIMEOUT_S = 60
 
 
 @dataclass
-class Stack:
-    info: dict[str, Any]
-    root: Path
+class Stack(stack.Running):
     workdir: Path
     _names: itertools.count[int]
-
-    @property
-    def primary(self) -> str:
-        return str(self.info["primary"])
-
-    @property
-    def regions(self) -> dict[str, dict[str, Any]]:
-        regions: dict[str, dict[str, Any]] = self.info["regions"]
-        return regions
 
     @asynccontextmanager
     async def region_store(self, name: str) -> AsyncIterator[RegionStore]:

@@ -119,7 +119,7 @@ async def test_a_push_to_a_replica_registry_is_refused(live: Stack) -> None:
 
 async def test_a_large_layer_streams_through_multipart_and_leaves_no_upload_open(live: Stack) -> None:
     repo = live.unique("large/app")
-    image = sample(repo, 40 * 1024 * KiB, 10 * KiB)  # above the 16 MiB multipart threshold: three parts
+    image = sample(repo, 40 * 1024 * KiB, 10 * KiB)  # above the 8 MiB multipart threshold: five parts
     digest = live.push_image(repo, "v1", image)
     await live.replicated(repo, "v1", digest)
     live.pull_everywhere(repo, "v1", digest)

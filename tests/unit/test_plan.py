@@ -11,7 +11,7 @@ from engine.errors import InvalidManifest
 from engine.layout import KeyKind, Layout, link_body
 from engine.manifests import Manifest
 from engine.names import Repository, Tag
-from engine.plan import MAX_INDEX_DEPTH, Mode, Phase, TagState, build_plan, child_digests
+from engine.plan import MAX_INDEX_DEPTH, Mode, Phase, TagState, build_plan, child_digests, steps, tag_writes
 from tests.unit.manifest_builders import image, index
 
 LAYOUT = Layout("pfx")
@@ -122,3 +122,35 @@ def test_tag_state_orders_pushes_and_survives_a_round_trip() -> None:
     assert not older.supersedes(newer)
     assert not older.supersedes(older), "a replay of the same push must still apply"
     assert TagState.from_json(newer.to_json()) == newer
+
+
+def test_steps_run_nothing_before_what_it_needs() -> None:
+    """Writes of one step run at once: every dependency must sit in a strictly earlier step."""
+    leaves = [image(1, 2), image(3, 4)]
+    inner = index(*leaves)
+    outer = index(inner, image(5))
+    manifests = {m.digest: m for m in [*leaves, inner, image(5)]}
+    plan = build_plan(LAYOUT, REPO, outer, manifests, TAG, state(outer))
+    step_of = {w.key: n for n, step in enumerate(steps(plan.writes)) for w in step}
+    assert sorted(step_of) == sorted(w.key for w in plan.writes), "every write is in exactly one step"
+    revisions = {LAYOUT.revision_link(REPO, m.digest): m for m in [*manifests.values(), outer]}
+    for write in plan.writes:
+        parsed = LAYOUT.parse(write.key)
+        if parsed.kind in (KeyKind.LAYER_LINK, KeyKind.REVISION_LINK):
+            assert parsed.digest is not None
+            assert step_of[LAYOUT.blob_data(parsed.digest)] < step_of[write.key], f"{write.key} with its data"
+        if write.key in revisions:
+            manifest = revisions[write.key]
+            needed = [LAYOUT.layer_link(REPO, b.digest) for b in manifest.blobs]
+            needed += [LAYOUT.revision_link(REPO, c.digest) for c in manifest.children]
+            assert all(step_of[k] < step_of[write.key] for k in needed), f"{write.key} before what it serves"
+    current = LAYOUT.tag_current_link(REPO, TAG)
+    assert all(step_of[w.key] < step_of[current] for w in plan.writes if w.key != current), "the tag moves last"
+    assert step_of[LAYOUT.tag_state(REPO, TAG)] < step_of[current]
+
+
+def test_a_tag_only_plan_is_the_tail_of_the_full_plan() -> None:
+    img = image(1, 2)
+    full = build_plan(LAYOUT, REPO, img, {}, TAG, state(img))
+    tail = tag_writes(LAYOUT, REPO, img.digest, TAG, state(img))
+    assert tail == [w for w in full.writes if w.phase >= Phase.TAG_INDEX_LINK]
