@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,20 @@ def _blob(body: bytes | bytearray) -> bytes | BufferBody:
     return BufferBody(body) if len(body) >= FILE_BODY_MIN else bytes(body)
 
 
+@contextmanager
+def _storage_errors(key: str, *tolerated: int | str) -> Iterator[None]:
+    """Any failure of the client becomes StorageUnavailable, except the answers the caller expects
+    (`tolerated`: HTTP statuses or S3 error codes), which reach it as the ClientError they are."""
+    try:
+        yield
+    except ClientError as exc:
+        if _status(exc) in tolerated or exc.response.get("Error", {}).get("Code") in tolerated:
+            raise
+        raise _unavailable(exc, key) from exc
+    except (BotoCoreError, OSError) as exc:
+        raise _unavailable(exc, key) from exc
+
+
 def _unavailable(exc: Exception, key: str) -> StorageUnavailable:
     detail = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else type(exc).__name__
     return StorageUnavailable(f"object store failed on {key}: {detail or exc}", key=key)
@@ -121,10 +135,8 @@ class RegionStore:
 
     async def check(self) -> None:
         """Raise StorageUnavailable unless the bucket exists and these credentials reach it."""
-        try:
+        with _storage_errors(f"bucket {self.bucket}"):
             await self._s3.head_bucket(Bucket=self.bucket)
-        except (ClientError, BotoCoreError, OSError) as exc:
-            raise _unavailable(exc, f"bucket {self.bucket}") from exc
 
     async def exists(self, key: str) -> bool:
         return await self.size(key) is not None
@@ -132,75 +144,61 @@ class RegionStore:
     async def size(self, key: str) -> int | None:
         """The object's length in bytes (one HEAD), or None if it does not exist."""
         try:
-            head = await self._s3.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise _unavailable(exc, key) from exc
-        except (BotoCoreError, OSError) as exc:
-            raise _unavailable(exc, key) from exc
+            with _storage_errors(key, 404):
+                head = await self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError:
+            return None
         return int(head["ContentLength"])
 
     async def digest(self, key: str, algorithm: str = "sha256", chunk_size: int = 1024 * 1024) -> Digest | None:
         """The digest of the object's bytes, streamed (memory stays at one chunk), or None if it does not exist."""
         hasher = hashlib.new(algorithm)
         try:
-            response = await self._s3.get_object(Bucket=self.bucket, Key=key)
-            stream = response["Body"]
-            async with stream:  # releases the connection, read or not
-                async for chunk in stream.iter_chunks(chunk_size):
-                    hasher.update(chunk)
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise _unavailable(exc, key) from exc
-        except (BotoCoreError, OSError) as exc:
-            raise _unavailable(exc, key) from exc
+            with _storage_errors(key, 404):
+                response = await self._s3.get_object(Bucket=self.bucket, Key=key)
+                stream = response["Body"]
+                async with stream:  # releases the connection, read or not (it enters as the raw response)
+                    async for chunk in stream.iter_chunks(chunk_size):
+                        hasher.update(chunk)
+        except ClientError:
+            return None
         return Digest(algorithm, hasher.hexdigest())
 
     async def keys(self, prefix: str) -> AsyncIterator[str]:
         """Every key under `prefix` (ListObjectsV2, page by page)."""
         paginator = self._s3.get_paginator("list_objects_v2")
-        try:
+        with _storage_errors(prefix):
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
                     yield item["Key"]
-        except (ClientError, BotoCoreError, OSError) as exc:
-            raise _unavailable(exc, prefix) from exc
 
     async def get(self, key: str) -> bytes | None:
         try:
-            response = await self._s3.get_object(Bucket=self.bucket, Key=key)
-            async with response["Body"] as body:
-                data: bytes = await body.read()
-                return data
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise _unavailable(exc, key) from exc
-        except (BotoCoreError, OSError) as exc:
-            raise _unavailable(exc, key) from exc
+            with _storage_errors(key, 404):
+                response = await self._s3.get_object(Bucket=self.bucket, Key=key)
+                async with response["Body"] as body:
+                    data: bytes = await body.read()
+                    return data
+        except ClientError:
+            return None
 
     async def put(self, key: str, body: bytes | bytearray, *, if_absent: bool) -> bool:
         """Write `body`; with `if_absent`, an existing key is left alone. True if this call wrote it."""
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
         try:
-            await self._s3.put_object(Bucket=self.bucket, Key=key, Body=_blob(body), ContentLength=len(body), **extra)
-        except ClientError as exc:
-            if if_absent and _status(exc) == 412:
-                return False
-            raise _unavailable(exc, key) from exc
-        except (BotoCoreError, OSError) as exc:
-            raise _unavailable(exc, key) from exc
+            with _storage_errors(key, *([412] if if_absent else [])):
+                await self._s3.put_object(
+                    Bucket=self.bucket, Key=key, Body=_blob(body), ContentLength=len(body), **extra
+                )
+        except ClientError:
+            return False  # 412: it is there already
         return True
 
     @asynccontextmanager
     async def multipart(self, key: str) -> AsyncIterator[Multipart]:
         """A multipart upload that is aborted unless `complete()` succeeded inside the block."""
-        try:
+        with _storage_errors(key):
             created = await self._s3.create_multipart_upload(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError, OSError) as exc:
-            raise _unavailable(exc, key) from exc
         upload = Multipart(self._s3, self.bucket, key, created["UploadId"], datetime.now(UTC))
         try:
             yield upload
@@ -213,11 +211,9 @@ class RegionStore:
         """(key, upload id, initiated) of every unfinished multipart upload under `prefix`."""
         found: list[tuple[str, str, datetime]] = []
         paginator = self._s3.get_paginator("list_multipart_uploads")
-        try:
+        with _storage_errors(prefix):
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 found += [(u["Key"], u["UploadId"], u["Initiated"]) for u in page.get("Uploads", [])]
-        except (ClientError, BotoCoreError, OSError) as exc:
-            raise _unavailable(exc, prefix) from exc
         return found
 
     async def abort_uploads(self, prefix: str, before: datetime) -> int:
@@ -227,13 +223,10 @@ class RegionStore:
             if initiated >= before:
                 continue  # someone's live upload
             try:
-                await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
-                    continue  # aborted or completed meanwhile by its owner
-                raise _unavailable(exc, key) from exc
-            except (BotoCoreError, OSError) as exc:
-                raise _unavailable(exc, key) from exc
+                with _storage_errors(key, "NoSuchUpload"):
+                    await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except ClientError:
+                continue  # aborted or completed meanwhile by its owner
             log.info("store.upload_aborted", key=key, upload_id=upload_id, initiated=initiated.isoformat())
             aborted += 1
         return aborted
@@ -251,7 +244,7 @@ class Multipart:
         self.completed = False
 
     async def upload_part(self, number: int, data: bytes | bytearray) -> None:
-        try:
+        with _storage_errors(self.key):
             response = await self._s3.upload_part(
                 Bucket=self._bucket,
                 Key=self.key,
@@ -260,8 +253,6 @@ class Multipart:
                 Body=_blob(data),
                 ContentLength=len(data),
             )
-        except (ClientError, BotoCoreError, OSError) as exc:
-            raise _unavailable(exc, self.key) from exc
         self._parts.append((number, response["ETag"]))
 
     async def complete(self, *, if_absent: bool = True) -> bool:
@@ -269,19 +260,16 @@ class Multipart:
         parts: list[CompletedPartTypeDef] = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(self._parts)]
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
         try:
-            await self._s3.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": parts},
-                **extra,
-            )
-        except ClientError as exc:
-            if _status(exc) == 412:
-                return False  # the upload stays open: the context manager aborts it
-            raise _unavailable(exc, self.key) from exc
-        except (BotoCoreError, OSError) as exc:
-            raise _unavailable(exc, self.key) from exc
+            with _storage_errors(self.key, *([412] if if_absent else [])):
+                await self._s3.complete_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **extra,
+                )
+        except ClientError:
+            return False  # 412: it is there already; the upload stays open and the context manager aborts it
         self.completed = True
         return True
 
