@@ -8,6 +8,7 @@ realm a 401 challenge names (with the basic credentials, if configured).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -21,9 +22,10 @@ import orjson
 import structlog
 
 from engine.digest import Digest
-from engine.errors import GeorepError, NotFoundUpstream, UpstreamUnavailable
+from engine.errors import GeorepError, NotFoundUpstream, UpstreamUnavailable, most_telling
 from engine.manifests import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from engine.names import Repository, Tag
+from engine.plan import child_digests
 from engine.settings import PrimarySettings
 
 log = structlog.get_logger(__name__)
@@ -84,6 +86,18 @@ class RegistryClient:
         raw, content_type, served = await self._manifest(repository, str(tag))
         digest = Digest.parse(served) if served else Digest.of(raw)
         return parse_manifest(raw, digest, content_type)
+
+    async def children(self, repository: Repository, root: Manifest) -> dict[Digest, Manifest]:
+        """Every manifest under an index, at any depth, fetched a level at a time; empty for an image."""
+        manifests: dict[Digest, Manifest] = {}
+        while missing := child_digests(root, manifests):
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(self.manifest(repository, d.digest)) for d in missing]
+            except BaseExceptionGroup as failures:
+                raise most_telling(failures) from None
+            manifests.update((m.digest, m) for m in (task.result() for task in tasks))
+        return manifests
 
     async def _manifest(self, repository: Repository, reference: str) -> tuple[bytes, str | None, str | None]:
         """(bytes, Content-Type, Docker-Content-Digest) of a manifest: read whole, or until it is over the limit."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -13,13 +13,12 @@ from consumers.blobcopy import copy_blob
 from consumers.budget import ByteBudget
 from consumers.registry import RegistryClient
 from consumers.store import RegionStore
-from engine.digest import Digest
-from engine.errors import GeorepError, InvalidEvent, leaves
+from engine.errors import InvalidEvent, most_telling
 from engine.events import Action, ReplicationEvent, Status
 from engine.layout import Layout
-from engine.manifests import Manifest
 from engine.names import Repository, Tag
-from engine.plan import Mode, Phase, TagState, Write, build_plan, child_digests, steps, tag_writes
+from engine.plan import Mode, Phase, TagState, Write, build_plan, steps, tag_writes
+from engine.replicas import ReplicaDefinition
 from engine.settings import ReplicatorSettings
 
 log = structlog.get_logger(__name__)
@@ -45,8 +44,12 @@ class RegionReplicator:
         tuning: ReplicatorSettings,
         blob_slots: asyncio.Semaphore,
         budget: ByteBudget,
+        replica: Callable[[], ReplicaDefinition | None] = lambda: None,
     ) -> None:
         self.layout = layout
+        # Read per event, so that a filter or the deletes switch changed in the catalog applies at once;
+        # None: a region pinned in the config file, which takes everything.
+        self.replica = replica
         self.store = store
         self.primary = primary
         self.tuning = tuning
@@ -55,8 +58,13 @@ class RegionReplicator:
         self._budget = budget
 
     async def replicate(self, event: ReplicationEvent) -> Outcome:
+        replica = self.replica()
+        if replica is not None and (why := replica.excluded(event.repository, event.tag)):
+            return Outcome(Status.SKIPPED, note=why)
         if event.action is Action.DELETE:
-            return Outcome(Status.SKIPPED, note="deletes are not replicated yet: the region keeps the content")
+            if replica is not None and not replica.deletes:
+                return Outcome(Status.SKIPPED, note="deletes are off for this replica: the region keeps the content")
+            return await self._delete(event)
         if event.digest is None:
             raise InvalidEvent("a push event without a digest")
         tag_state = TagState(event.digest, event.occurred_at, event.id) if event.tag else None
@@ -69,7 +77,7 @@ class RegionReplicator:
             return Outcome(Status.SUCCEEDED, note=note or "content already in the region")
 
         root = await self.primary.manifest(event.repository, event.digest)
-        manifests = await self._fetch_children(event.repository, root)
+        manifests = await self.primary.children(event.repository, root)
         plan = build_plan(self.layout, event.repository, root, manifests, event.tag, tag_state, repair=event.repair)
         copied: list[int] = []
         note = await self._apply(event, list(plan.writes), tag_state, copied)
@@ -90,18 +98,44 @@ class RegionReplicator:
             if event.tag is not None and tag_state is not None and any(w.phase is Phase.TAG_STATE for w in step):
                 newer = await self._newer_push(event.repository, event.tag, tag_state)
                 if newer is not None:
-                    return f"tag {event.tag} left on {newer.digest.short}: set by a newer push ({newer.event_id})"
+                    return f"tag {event.tag} left {_shown(newer)}: set by a newer event ({newer.event_id})"
             results = await _all(self._write(event.repository, write) for write in step)
             if copied is not None:
                 copied += [n for write, n in zip(step, results, strict=True) if write.phase is Phase.BLOB_DATA]
         return None
 
-    async def _fetch_children(self, repository: Repository, root: Manifest) -> dict[Digest, Manifest]:
-        manifests: dict[Digest, Manifest] = {}
-        while missing := child_digests(root, manifests):
-            fetched = await _all(self.primary.manifest(repository, desc.digest) for desc in missing)
-            manifests.update((m.digest, m) for m in fetched)
-        return manifests
+    async def _delete(self, event: ReplicationEvent) -> Outcome:
+        """Remove what the primary removed: a tag's links, a manifest's revision link; never blob data.
+
+        Blobs and `_layers` links stay, as they do on the primary, so content
+        another tag or repository still uses keeps being served (the registry's
+        garbage collector owns blob data). A digest that is not a manifest here
+        (distribution reports blob deletes the same way) changes nothing.
+        """
+        notes = []
+        if event.digest is not None:
+            revision = self.layout.revision_link(event.repository, event.digest)
+            if await self.store.exists(revision):
+                await self.store.delete(revision)
+                notes.append(f"manifest {event.digest.short} deleted")
+            else:
+                notes.append(f"{event.digest.short} is not a manifest of {event.repository} here: nothing to delete")
+        if event.tag is not None:
+            notes.append(await self._delete_tag(event.repository, event.tag, event))
+        return Outcome(Status.SUCCEEDED, note="; ".join(notes))
+
+    async def _delete_tag(self, repository: Repository, tag: Tag, event: ReplicationEvent) -> str:
+        mine = TagState(None, event.occurred_at, event.id)
+        newer = await self._newer_push(repository, tag, mine)
+        if newer is not None:
+            return f"tag {tag} kept {_shown(newer)}: set by a newer event ({newer.event_id})"
+        # The note first: a replayed older push that reads it will not bring the tag back.
+        await self.store.put(self.layout.tag_state(repository, tag), mine.to_json(), if_absent=False)
+        current = self.layout.tag_current_link(repository, tag)
+        await self.store.delete(current)  # the tag stops serving now; the rest is its history
+        others = [key async for key in self.store.keys(self.layout.tag_root(repository, tag)) if key != current]
+        await _all(self.store.delete(key) for key in others)
+        return f"tag {tag} deleted"
 
     async def _write(self, repository: Repository, write: Write) -> int:
         if write.mode in (Mode.COPY_BLOB, Mode.RECOPY_BLOB):
@@ -129,19 +163,15 @@ class RegionReplicator:
         return current if current.supersedes(mine) else None
 
 
+def _shown(state: TagState) -> str:
+    return "deleted" if state.digest is None else f"on {state.digest.short}"
+
+
 async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """Run concurrently; on the first failure cancel the rest and raise that failure itself."""
     try:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(coro) for coro in coros]
     except BaseExceptionGroup as failures:
-        raise _most_telling(failures) from None
+        raise most_telling(failures) from None
     return [task.result() for task in tasks]
-
-
-def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """A permanent failure says more than a transient one; either says more than a bug's side effects."""
-    failures = leaves(group)
-    georep = [e for e in failures if isinstance(e, GeorepError)]
-    permanent = [e for e in georep if not e.retriable]
-    return (permanent or georep or failures)[0]

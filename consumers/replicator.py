@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,14 +23,17 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from consumers import metrics
 from consumers.budget import ByteBudget
+from consumers.catalog import CompactedView, replica_view
 from consumers.lanes import Lane
+from consumers.regions import region_settings
 from consumers.registry import RegistryClient
 from consumers.replicate import Outcome, RegionReplicator
 from consumers.store import RegionStore
 from engine.errors import GeorepError, InvalidEvent
 from engine.events import DeadLetter, ReplicationEvent, ReplicationRecord, Status, utcnow
 from engine.logconfig import scrub
-from engine.settings import Settings
+from engine.replicas import ReplicaDefinition
+from engine.settings import RegionSettings, Settings
 from georep.runtime import metrics_handler, retry_until_stopped, start_http
 from producers.kafka import KafkaUnavailable, Publisher, ensure_topics
 
@@ -361,7 +365,50 @@ def _give_up(state: RetryCallState) -> bool:
 
 
 async def serve_replicator(settings: Settings, region: str, stop: asyncio.Event) -> None:
-    region_settings = settings.region(region)
+    """Replicate into `region` until `stop` is set or the replica is deleted.
+
+    A region that is not pinned in the config file is waited for in the
+    replicas topic, so a replicator may be deployed before its replica is
+    created; deleting the replica stops it (after draining, offsets committed).
+    """
+    catalog = replica_view(settings.kafka, f"replicator-{region}")
+    following = asyncio.create_task(catalog.run(stop), name="replica-catalog")
+    try:
+        if region in settings.regions:
+            await _serve(settings, region, settings.region(region), lambda: None, stop)
+            return
+        log.info("replicator.waiting_for_replica", region=region, topic=settings.kafka.replicas_topic)
+        if not await catalog.wait_for(lambda replicas: region in replicas, stop):
+            return
+        done = asyncio.Event()
+        watcher = asyncio.create_task(_until_deleted(catalog, region, stop, done), name="replica-watch")
+        try:
+            await _serve(
+                settings, region, region_settings(catalog.values[region]), lambda: catalog.values.get(region), done
+            )
+        finally:
+            watcher.cancel()
+    finally:
+        stop.set()
+        await following
+
+
+async def _until_deleted(
+    catalog: CompactedView[ReplicaDefinition], region: str, stop: asyncio.Event, done: asyncio.Event
+) -> None:
+    await catalog.wait_for(lambda replicas: region not in replicas or stop.is_set(), stop)
+    if not stop.is_set():
+        log.info("replicator.replica_deleted", region=region)
+    done.set()
+
+
+async def _serve(
+    settings: Settings,
+    region: str,
+    region_settings: RegionSettings,
+    replica: Callable[[], ReplicaDefinition | None],
+    stop: asyncio.Event,
+) -> None:
     blob_slots = asyncio.Semaphore(settings.replicator.blob_concurrency)
     budget = ByteBudget(settings.replicator.buffer_bytes)
     connections = settings.replicator.blob_concurrency * 2 + 8
@@ -370,7 +417,9 @@ async def serve_replicator(settings: Settings, region: str, stop: asyncio.Event)
         RegionStore.open(region_settings, connections) as store,
     ):
         primary = RegistryClient(settings.primary, session)
-        replicator = RegionReplicator(region_settings.layout, store, primary, settings.replicator, blob_slots, budget)
+        replicator = RegionReplicator(
+            region_settings.layout, store, primary, settings.replicator, blob_slots, budget, replica
+        )
         service = ReplicatorService(settings, region, replicator)
         runner = await start_http(service.health_app(), settings.replicator.host, settings.replicator.port)
         try:

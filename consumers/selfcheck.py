@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from aiokafka.errors import KafkaError
 
+from consumers.catalog import CatalogUnavailable
+from consumers.regions import lookup_region
 from consumers.registry import RegistryClient
 from consumers.store import RegionStore
 from engine.errors import GeorepError
-from engine.settings import Settings
+from engine.settings import ConfigError, Settings
 from producers.kafka import ensure_topics
 
 
@@ -22,7 +24,10 @@ async def check_region(settings: Settings, region: str) -> list[str]:
             await RegistryClient(settings.primary, session).ping()
         except GeorepError as exc:
             problems.append(f"primary {settings.primary.url}: {exc}")
-    region_settings = settings.region(region)
+    try:
+        region_settings, _ = await lookup_region(settings, region, f"check-{region}")
+    except (ConfigError, CatalogUnavailable) as exc:
+        return [*problems, f"region {region}: {exc}"]
     async with RegionStore.open(region_settings) as store:
         try:
             await store.check()

@@ -194,6 +194,11 @@ class RegionStore:
             return False  # 412: it is there already
         return True
 
+    async def delete(self, key: str) -> None:
+        """Remove `key`; a key that is not there is already deleted."""
+        with _storage_errors(key):
+            await self._s3.delete_object(Bucket=self.bucket, Key=key)
+
     @asynccontextmanager
     async def multipart(self, key: str) -> AsyncIterator[Multipart]:
         """A multipart upload that is aborted unless `complete()` succeeded inside the block."""

@@ -37,15 +37,16 @@ from typing import Any, Final
 import orjson
 import structlog
 
+from consumers.regions import lookup_region
 from consumers.registry import RegistryClient
 from consumers.store import RegionStore
 from engine.digest import Digest
 from engine.errors import DigestMismatch, GeorepError, InvalidInput, NotFoundUpstream, leaves
 from engine.events import Action, ReplicationEvent, Source, utcnow
 from engine.layout import KeyKind, Layout
-from engine.manifests import Manifest
 from engine.names import Repository, Tag
-from engine.plan import Phase, TagState, Write, build_plan, child_digests
+from engine.plan import Phase, TagState, Write, build_plan
+from engine.replicas import ReplicaDefinition
 from engine.settings import Settings
 from producers.kafka import Publisher
 
@@ -177,7 +178,7 @@ def extra_tags(
         if parsed.kind is not KeyKind.TAG_CURRENT_LINK or parsed.repository != repository or parsed.tag is None:
             continue
         if parsed.tag not in primary_tags:
-            detail = "the primary has no such tag; deletes are not replicated yet"
+            detail = "the primary has no such tag (deleted there, or excluded from this replica)"
             found.append(Finding(Kind.TAG_EXTRA, repository, parsed.tag, key, None, "present", detail))
     return found
 
@@ -247,8 +248,18 @@ def repair_events(damaged: Iterable[Checked], region: str, now: datetime | None 
 
 
 class Verifier:
-    def __init__(self, layout: Layout, store: RegionStore, primary: RegistryClient, *, rehash: bool) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        store: RegionStore,
+        primary: RegistryClient,
+        *,
+        rehash: bool,
+        replica: ReplicaDefinition | None = None,
+    ) -> None:
         self.layout = layout
+        #: its filters decide which tags the region should have
+        self.replica = replica
         self.store = store
         self.primary = primary
         self.rehash = rehash
@@ -271,9 +282,15 @@ class Verifier:
         tags: list[Tag] = []
         for name in names:
             try:
-                tags.append(Tag.parse(name))
+                tag = Tag.parse(name)
             except InvalidInput as exc:
                 report.skipped.append((f"{repository}:{name[:128]}", str(exc)))
+                continue
+            excluded = self.replica.excluded(repository, tag) if self.replica else None
+            if excluded:
+                report.skipped.append((f"{repository}:{tag}", f"not replicated to this region: {excluded}"))
+            else:
+                tags.append(tag)
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(self.image(repository, tag, report)) for tag in tags]
         report.checked += [checked for task in tasks if (checked := task.result()) is not None]
@@ -285,7 +302,7 @@ class Verifier:
             read_at = utcnow()
             try:
                 root = await self.primary.tagged(repository, tag)
-                manifests = await self._children(repository, root)
+                manifests = await self.primary.children(repository, root)
                 state = TagState(root.digest, read_at, "verify")
                 plan = build_plan(self.layout, repository, root, manifests, tag, state)
             except NotFoundUpstream:
@@ -307,14 +324,6 @@ class Verifier:
             return False
         claimed.add(write.key)
         return True
-
-    async def _children(self, repository: Repository, root: Manifest) -> dict[Digest, Manifest]:
-        manifests: dict[Digest, Manifest] = {}
-        while missing := child_digests(root, manifests):
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self.primary.manifest(repository, d.digest)) for d in missing]
-            manifests.update((m.digest, m) for m in (task.result() for task in tasks))
-        return manifests
 
     async def _check(self, repository: Repository, tag: Tag, write: Write) -> Finding | None:
         return compare(write, await self._observe(write), repository, tag)
@@ -339,7 +348,7 @@ class Verifier:
 
 async def verify(settings: Settings, region: str, pattern: str = "*", *, rehash: bool = False) -> Report:
     """Check every tag of every primary repository matching the glob `pattern` in `region`."""
-    region_settings = settings.region(region)
+    region_settings, replica = await lookup_region(settings, region, f"verify-{region}")
     connections = STORE_CONCURRENCY + HASH_CONCURRENCY + 8
     report = Report(region)
     async with (
@@ -347,7 +356,7 @@ async def verify(settings: Settings, region: str, pattern: str = "*", *, rehash:
         RegionStore.open(region_settings, connections) as store,
     ):
         primary = RegistryClient(settings.primary, session)
-        verifier = Verifier(region_settings.layout, store, primary, rehash=rehash)
+        verifier = Verifier(region_settings.layout, store, primary, rehash=rehash, replica=replica)
         try:
             if any(c in pattern for c in "*?["):
                 async for repository in primary.catalog():
@@ -422,6 +431,9 @@ def render_json(report: Report, repairs: list[ReplicationEvent]) -> str:
         "blobs": report.blobs,
         "differences": len(report.findings),
         "findings": [f.to_dict() for f in report.findings],
+        "checked": [
+            {"repository": str(c.repository), "tag": str(c.tag), "digest": str(c.digest)} for c in report.checked
+        ],
         "skipped": [{"what": what, "why": why} for what, why in report.skipped],
         "repairs": [e.model_dump(mode="json", by_alias=True) for e in repairs],
     }

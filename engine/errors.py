@@ -89,3 +89,12 @@ def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
         else:
             found.append(exc)
     return found
+
+
+def most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The failure to report from a group: a permanent one says more than a transient one,
+    and either says more than a bug's side effects."""
+    failures = leaves(group)
+    georep = [e for e in failures if isinstance(e, GeorepError)]
+    permanent = [e for e in georep if not e.retriable]
+    return (permanent or georep or failures)[0]

@@ -62,7 +62,9 @@ class Status(StrEnum):
     SKIPPED = "skipped"
 
 
-class _Message(BaseModel):
+class Message(BaseModel):
+    """A value georep puts on Kafka: JSON with a `schema` version; fields it does not know are ignored."""
+
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     schema_version: int = Field(SCHEMA_VERSION, alias="schema", ge=1)
@@ -91,7 +93,7 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-class ReplicationEvent(_Message):
+class ReplicationEvent(Message):
     """One manifest pushed to or deleted from the primary."""
 
     id: str = Field(min_length=1, max_length=256)
@@ -122,7 +124,7 @@ class ReplicationEvent(_Message):
         return self.repository.name.encode()
 
 
-class ReplicationRecord(_Message):
+class ReplicationRecord(Message):
     """What happened to one event in one region (one per attempt; the store keeps the latest)."""
 
     event_id: str
@@ -150,7 +152,7 @@ class ReplicationRecord(_Message):
         return f"{self.region}/{self.repository}".encode()
 
 
-class DeadLetter(_Message):
+class DeadLetter(Message):
     """An event a region gave up on, with why; `georep redrive` puts `event` back."""
 
     region: RegionField

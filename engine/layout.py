@@ -104,6 +104,10 @@ class Layout:
             "link",
         )
 
+    def tag_root(self, repository: Repository, tag: Tag) -> str:
+        """The prefix of every link of one tag (its current link and its index): what a tag delete removes."""
+        return self._key(_V2, "repositories", repository.name, "_manifests", "tags", tag.name) + "/"
+
     def tag_current_link(self, repository: Repository, tag: Tag) -> str:
         return self._key(_V2, "repositories", repository.name, "_manifests", "tags", tag.name, "current", "link")
 

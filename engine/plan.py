@@ -96,21 +96,21 @@ class Write:
 
 @dataclass(frozen=True, slots=True)
 class TagState:
-    """Which push last set a tag in a region, so that a tag never moves backwards."""
+    """Which push (or delete: no digest) last set a tag in a region, so that a tag never moves backwards."""
 
-    digest: Digest
+    digest: Digest | None
     occurred_at: datetime
     event_id: str
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {"digest": str(self.digest), "occurred_at": self.occurred_at.isoformat(), "event_id": self.event_id}
-        )
+        digest = None if self.digest is None else str(self.digest)
+        return orjson.dumps({"digest": digest, "occurred_at": self.occurred_at.isoformat(), "event_id": self.event_id})
 
     @classmethod
     def from_json(cls, raw: bytes) -> TagState:
         doc = orjson.loads(raw)
-        return cls(Digest.parse(doc["digest"]), datetime.fromisoformat(doc["occurred_at"]), str(doc["event_id"]))
+        digest = None if doc["digest"] is None else Digest.parse(doc["digest"])
+        return cls(digest, datetime.fromisoformat(doc["occurred_at"]), str(doc["event_id"]))
 
     def supersedes(self, other: TagState) -> bool:
         """True if this push is strictly newer; a replay of the same push is not."""

@@ -24,6 +24,7 @@ from pydantic_settings import (
 from engine.errors import InvalidInput
 from engine.layout import Layout
 from engine.names import parse_region
+from engine.replicas import Rules
 
 MiB = 1024 * 1024
 CONFIG_ENV = "GEOREP_CONFIG"
@@ -49,6 +50,10 @@ class KafkaSettings(_Part):
     events_topic: str = "georep.events"
     log_topic: str = "georep.replication-log"
     dead_letter_topic: str = "georep.dead-letter"
+    #: compacted: one replica definition per region (a tombstone deletes it)
+    replicas_topic: str = "georep.replicas"
+    #: compacted: each region's backfill checkpoint
+    backfill_topic: str = "georep.backfill"
     #: partitions bound how many repositories one region replicates at once
     events_partitions: int = Field(8, ge=1)
     log_partitions: int = Field(4, ge=1)
@@ -164,6 +169,9 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = WebhookSettings()
     replicator: ReplicatorSettings = ReplicatorSettings()
     logstore: LogStoreSettings = LogStoreSettings()
+    #: what a new replica must satisfy (primary region, jurisdictions, regions not offered)
+    rules: Rules = Rules()
+    #: regions pinned in the config file; others are defined in the replicas topic (`georep replicas create`)
     regions: dict[str, RegionSettings] = {}
 
     @field_validator("regions")

@@ -7,6 +7,9 @@
     georep topics                  create georep's Kafka topics if missing
     georep redrive --region R      put R's dead letters back on georep.events
     georep verify --region R       compare R with the primary (--repair fixes what differs)
+    georep replicas ACTION         create, list, show, delete replica regions; registry-config
+    georep backfill --region R     walk the primary for R here (resumes; --dry-run lists)
+    georep status [IMAGE]          per region lag, totals, latency, backfill; or one image per region
 
 Every subcommand reads settings from `GEOREP_*` variables and the TOML file
 given by `--config` (or `GEOREP_CONFIG`). Services answer `--check`: load and
@@ -26,6 +29,7 @@ import uvloop
 
 from engine.errors import GeorepError
 from engine.logconfig import configure_logging, register_secrets, settings_secrets
+from engine.names import parse_region
 from engine.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 from georep.runtime import start_http, stop_on_signals
 
@@ -61,7 +65,7 @@ async def _replicate(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.replicator import serve_replicator
     from consumers.selfcheck import check_region
 
-    settings.region(args.region)  # unknown region: a ConfigError naming the configured ones
+    parse_region(args.region)  # the region itself is looked up in the replicas topic (or the config file)
     if args.check:
         problems = await check_region(settings, args.region)
         for problem in problems:
@@ -74,7 +78,7 @@ async def _replicate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _logstore(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.logstore import serve_logstore
+    from consumers.logstore.service import serve_logstore
 
     await serve_logstore(settings, stop_on_signals())
     return 0
@@ -97,7 +101,7 @@ async def _topics(settings: Settings, args: argparse.Namespace) -> int:
 async def _redrive(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.redrive import redrive, summary
 
-    settings.region(args.region)
+    parse_region(args.region)
     result = await redrive(settings, args.region, dry_run=args.dry_run)
     print(summary(result, args.region, args.dry_run))
     return 0
@@ -107,7 +111,6 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.verify import publish_repairs, render_json, render_text, repair_events, verify
     from producers.kafka import KafkaUnavailable
 
-    settings.region(args.region)
     report = await verify(settings, args.region, args.repository, rehash=args.rehash)
     repairs = repair_events(report.damaged, args.region) if args.repair else []
     if repairs:
@@ -118,12 +121,13 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
             print(f"georep verify: repair events not published: {exc}", file=sys.stderr)
             return 1
     print(render_json(report, repairs) if args.json else render_text(report, repairs))
-    # tag-extra alone is no failure: deletes are not replicated yet, so every deleted tag would be one.
+    # tag-extra alone is no failure: a replica with deletes off keeps tags the primary deleted.
     return 1 if report.damaged and not repairs else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from consumers.logstore import add_logs_arguments
+    from georep.control_cli import add_arguments as add_control_arguments
 
     parser = argparse.ArgumentParser(prog="georep", description="Geo-replication for container registries.")
     parser.add_argument("--config", help=f"TOML settings file (default: ${CONFIG_ENV})")
@@ -162,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true", help="publish repair events for every damaged tag")
     verify.add_argument("--json", action="store_true", help="the report as one JSON document, for machines")
     verify.set_defaults(run=_verify)
+
+    add_control_arguments(sub)
     return parser
 
 

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -21,6 +22,9 @@ class KafkaUnavailable(Exception):
     """Kafka did not take a message in time; the caller answers 503 or retries."""
 
 
+_COMPACTED = {"cleanup.policy": "compact", "retention.ms": "-1"}
+
+
 def topic_specs(kafka: KafkaSettings) -> list[NewTopic]:
     rf = kafka.replication_factor
     return [
@@ -28,6 +32,9 @@ def topic_specs(kafka: KafkaSettings) -> list[NewTopic]:
         NewTopic(kafka.log_topic, kafka.log_partitions, rf),
         # Dead letters are kept until someone redrives them.
         NewTopic(kafka.dead_letter_topic, 1, rf, topic_configs={"retention.ms": "-1"}),
+        # One value per key, forever: the latest replica definition per region, the latest checkpoint.
+        NewTopic(kafka.replicas_topic, 1, rf, topic_configs=_COMPACTED),
+        NewTopic(kafka.backfill_topic, 1, rf, topic_configs=_COMPACTED),
     ]
 
 
@@ -62,6 +69,54 @@ async def partitions(kafka: KafkaSettings, topic: str) -> list[int]:
     async with _admin(kafka) as admin:
         described = await admin.describe_topics([topic])
     return sorted(p["partition"] for t in described if t["topic"] == topic for p in t["partitions"])
+
+
+async def start_reader(kafka: KafkaSettings, topic: str, role: str) -> AIOKafkaConsumer:
+    """A started consumer of every partition of `topic`, from its beginning, in no group: it commits
+    nothing and takes no partition from anyone. Subscribed, not assigned (aiokafka 0.14 raises
+    CancelledError on stopping a group-less consumer after `assign()`)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{kafka.client_id}-{role}",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=kafka.request_timeout_ms,
+    )
+    try:
+        await consumer.start()
+    except BaseException:
+        with contextlib.suppress(KafkaError, OSError):
+            await consumer.stop()
+        raise
+    return consumer
+
+
+async def start_group_at(kafka: KafkaSettings, group: str, topic: str, since: datetime) -> dict[int, int]:
+    """Commit `group`'s offsets on `topic` at the first message at or after `since` (the end if none).
+
+    For a replica about to be created: what came before is its backfill's job.
+    Done while nobody is in the group (its replicators wait for the definition).
+    """
+    parts = [TopicPartition(topic, p) for p in await partitions(kafka, topic)]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{kafka.client_id}-admin",
+        group_id=group,
+        enable_auto_commit=False,
+        request_timeout_ms=kafka.request_timeout_ms,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in parts})
+        starts = {tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in parts}
+        await consumer.commit(starts)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in starts.items()}
 
 
 def make_producer(kafka: KafkaSettings, role: str) -> AIOKafkaProducer:
@@ -106,8 +161,8 @@ class Publisher:
                 log.info("kafka.producer_started", role=self._role)
             return self._producer
 
-    async def publish(self, topic: str, messages: Sequence[tuple[bytes, bytes]], timeout_s: float) -> None:
-        """Send (key, value) pairs and return once the broker acknowledged every one."""
+    async def publish(self, topic: str, messages: Sequence[tuple[bytes, bytes | None]], timeout_s: float) -> None:
+        """Send (key, value) pairs and return once the broker acknowledged every one (None: a tombstone)."""
         try:
             async with asyncio.timeout(timeout_s):
                 producer = await self._ensure()

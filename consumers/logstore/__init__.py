@@ -1,8 +1,12 @@
-"""The log consumer and its query side: the replication-log topic into SQLite, served over HTTP and `georep logs`."""
+"""The log consumer and its query side: the replication-log topic into SQLite, served over HTTP and `georep logs`.
+
+The service itself (`consumers.logstore.service`) is not re-exported: it also
+serves the control plane, which reads the store, and importing it here would
+make the store's importers import the control plane too.
+"""
 
 from consumers.logstore.cli import add_logs_arguments, run_logs
 from consumers.logstore.query import LogQuery
-from consumers.logstore.service import serve_logstore
 from consumers.logstore.store import LogStore
 
-__all__ = ["LogQuery", "LogStore", "add_logs_arguments", "run_logs", "serve_logstore"]
+__all__ = ["LogQuery", "LogStore", "add_logs_arguments", "run_logs"]

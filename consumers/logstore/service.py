@@ -20,9 +20,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from consumers.control import Control
+from consumers.control_api import add_control_routes
 from consumers.logstore.api import build_app
 from consumers.logstore.store import LogStore
 from consumers.logstore.wire import decode_record
+from consumers.registry import RegistryClient
 from engine.errors import InvalidEvent
 from engine.events import ReplicationRecord
 from engine.settings import KafkaSettings, Settings
@@ -48,11 +51,17 @@ Batch = dict[TopicPartition, list[ConsumerRecord]]
 
 
 async def serve_logstore(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the log store until `stop` is set: HTTP at once, Kafka as soon as it answers."""
-    async with LogStore(settings.logstore.path) as store:
-        runner = await start_http(build_app(store), settings.logstore.host, settings.logstore.port)
+    """Run the georep API until `stop` is set: HTTP at once, Kafka as soon as it answers.
+
+    Besides the log store it serves the control plane (replicas, backfills, status).
+    """
+    async with LogStore(settings.logstore.path) as store, RegistryClient.session(settings.primary) as session:
+        control = Control(settings, store, RegistryClient(settings.primary, session))
+        app = build_app(store)
+        add_control_routes(app, control)
+        runner = await start_http(app, settings.logstore.host, settings.logstore.port)
         try:
-            await consume(settings.kafka, store, stop)
+            await asyncio.gather(consume(settings.kafka, store, stop), control.run(stop))
         finally:
             # HTTP goes first, so that no request reaches a closed database.
             await runner.cleanup()

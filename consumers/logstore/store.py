@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -68,6 +69,16 @@ WHERE (excluded.finished_us, excluded.attempt) > (records.finished_us, records.a
 
 # Equality filters: each is both a LogQuery field and a column. SQL is built only from these names.
 _EQUALITY: Final = ("repository", "tag", "digest", "region", "status", "event_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    #: events by the status of their latest record
+    by_status: dict[str, int]
+    bytes_copied: int
+
+    def __getitem__(self, status: str) -> int:
+        return self.by_status.get(status, 0)
 
 
 def to_micros(when: datetime) -> int:
@@ -180,6 +191,35 @@ class LogStore:
         async with reader.execute(sql, [*args, q.limit]) as cursor:
             rows = await cursor.fetchall()
         return [ReplicationRecord.model_validate_json(row[0]) for row in rows]
+
+    async def totals(self, region: str, *, source: str | None = None, since: datetime | None = None) -> Totals:
+        """Events per latest status, and the bytes copied by the succeeded ones, in `region`."""
+        _, reader = self._connections()
+        sql = (
+            "SELECT status, count(*), coalesce(sum(json_extract(record, '$.bytes_copied')), 0) FROM records"
+            " WHERE region = ? AND finished_us >= ?"
+        )
+        args: list[Any] = [region, to_micros(since) if since is not None else 0]
+        if source is not None:
+            sql += " AND json_extract(record, '$.source') = ?"
+            args.append(source)
+        async with reader.execute(sql + " GROUP BY status", args) as cursor:
+            rows = await cursor.fetchall()
+        counts = {str(status): int(n) for status, n, _ in rows}
+        copied = sum(int(b) for status, _, b in rows if status == "succeeded")
+        return Totals(counts, copied)
+
+    async def lags_ms(self, region: str, since: datetime) -> list[int]:
+        """Push-to-pullable times of live (not backfill) events that succeeded in `region` since `since`."""
+        _, reader = self._connections()
+        sql = (
+            "SELECT json_extract(record, '$.lag_ms') FROM records WHERE region = ? AND status = 'succeeded'"
+            " AND finished_us >= ? AND coalesce(json_extract(record, '$.source'), '') != 'backfill'"
+            " AND json_extract(record, '$.lag_ms') IS NOT NULL"
+        )
+        async with reader.execute(sql, [region, to_micros(since)]) as cursor:
+            rows = await cursor.fetchall()
+        return sorted(int(row[0]) for row in rows)
 
     async def count(self) -> int:
         _, reader = self._connections()

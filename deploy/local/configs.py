@@ -12,9 +12,23 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.ports import Ports
+from deploy.registry_config import registry_config
+from engine.replicas import ReplicaDefinition
 
 PRIMARY_REGION = "us-virginia"
 DEFAULT_REGIONS = ("ap-singapore", "eu-frankfurt")
+# The local stack's replica rules, so that every rule can be seen refusing something.
+JURISDICTIONS = {
+    "us-virginia": "US",
+    "us-oregon": "US",
+    "ap-singapore": "SG",
+    "ap-tokyo": "JP",
+    "eu-frankfurt": "EU",
+    "cn-shanghai": "CN",
+    "cn-beijing": "CN",
+}
+CLOSED_JURISDICTIONS = ("CN",)
+NOT_OFFERED = ("us-gov-east",)
 # A media type nobody sends: in distribution 2.8.2 `ignore.actions` only works beside a non-empty `mediatypes`.
 _PLACEHOLDER_MEDIA_TYPE = "application/vnd.georep.placeholder"
 
@@ -89,26 +103,27 @@ def primary_registry(spec: StackSpec) -> Path:
     return _write(spec.root / "primary" / "config.yml", json.dumps(config, indent=2))
 
 
-def region_registry(spec: StackSpec, region: RegionSpec) -> Path:
-    config = _registry_base(spec, spec.ports.registry(region.index))
-    s3: dict[str, Any] = {
-        "accesskey": region.access_key,
-        "secretkey": region.secret_key,
-        "region": "us-east-1",
-        "regionendpoint": spec.url(spec.ports.seaweed(region.index)["s3"]),
+def replica_request(spec: StackSpec, region: RegionSpec) -> dict[str, Any]:
+    """What `georep replicas create` sends for one of the stack's regions; its keys go to a file it references."""
+    keys = {"access_key": region.access_key, "secret_key": region.secret_key}
+    credentials = _write(spec.root / "credentials" / f"{region.name}.json", json.dumps(keys))
+    credentials.chmod(0o600)
+    return {
+        "region": region.name,
+        "endpoint": spec.url(spec.ports.seaweed(region.index)["s3"]),
         "bucket": region.bucket,
-        "secure": False,
-        "v4auth": True,
+        "prefix": region.prefix,
+        "registry": f"{spec.host}:{spec.ports.registry(region.index)}",
+        "credentials_ref": f"file:{credentials}",
     }
-    if region.prefix:
-        s3["rootdirectory"] = "/" + region.prefix
-    config["storage"] = {
-        "s3": s3,
-        "maintenance": {"readonly": {"enabled": True}, "uploadpurging": {"enabled": False}},
-        # Loopback S3 is not reachable by clients the way a CDN would be: serve bytes directly.
-        "redirect": {"disable": True},
-    }
-    return _write(spec.root / f"registry-{region.name}" / "config.yml", json.dumps(config, indent=2))
+
+
+def region_registry(spec: StackSpec, replica: ReplicaDefinition) -> Path:
+    """The region's read-only registry, generated from its replica definition (keys come from the environment)."""
+    listen = replica.registry or f"{spec.host}:5000"
+    primary = json.loads((spec.root / "primary" / "config.yml").read_text())
+    config = registry_config(replica, listen=listen, primary=primary)
+    return _write(spec.root / f"registry-{replica.region}" / "config.yml", json.dumps(config, indent=2))
 
 
 def seaweed_identities(spec: StackSpec, region: RegionSpec) -> Path:
@@ -191,15 +206,15 @@ def georep_toml(spec: StackSpec) -> Path:
         f"port = {spec.ports.logstore}",
         f"url = {q(spec.url(spec.ports.logstore))}",
     ]
-    for region in spec.regions:
-        lines += [
-            "",
-            f"[regions.{region.name}]",
-            f"endpoint = {q(spec.url(spec.ports.seaweed(region.index)['s3']))}",
-            f"bucket = {q(region.bucket)}",
-            f"prefix = {q(region.prefix)}",
-            f"access_key = {q(region.access_key)}",
-            f"secret_key = {q(region.secret_key)}",
-            f"registry = {q(f'{spec.host}:{spec.ports.registry(region.index)}')}",
-        ]
+    lines += [
+        "",
+        "# The replicas themselves are created with `georep replicas create` (the stack does it) and live in Kafka.",
+        "[rules]",
+        f"primary_region = {q(PRIMARY_REGION)}",
+        f"no_cross_border = {json.dumps(list(CLOSED_JURISDICTIONS))}",
+        f"not_offered = {json.dumps(list(NOT_OFFERED))}",
+        "",
+        "[rules.jurisdictions]",
+        *(f"{region} = {q(where)}" for region, where in JURISDICTIONS.items()),
+    ]
     return _write(spec.root / "georep.toml", "\n".join(lines) + "\n")

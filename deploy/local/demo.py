@@ -76,12 +76,16 @@ async def run() -> None:
                 raise SystemExit(f"{name} serves {served}, the primary {digest}")
 
     await _records(info["logs"], len(regions))
-    print(f"\nreplication records (georep logs --repository {REPOSITORY}):")
-    logs = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "georep", "--config", info["config"], "logs", "--repository", REPOSITORY
-    )
-    if await logs.wait() != 0:
-        raise SystemExit("georep logs failed")
+    await _georep(info, "replication records", "logs", "--repository", REPOSITORY)
+    await _georep(info, "the replica regions", "replicas", "list")
+    await _georep(info, "where the image is", "status", f"{REPOSITORY}:{TAG}")
+
+
+async def _georep(info: dict[str, Any], what: str, *args: str) -> None:
+    print(f"\n{what} (georep {' '.join(args)}):")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "georep", "--config", info["config"], *args)
+    if await proc.wait() != 0:
+        raise SystemExit(f"georep {args[0]} failed")
 
 
 def main() -> None:

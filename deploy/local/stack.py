@@ -38,6 +38,8 @@ import aiohttp
 from deploy.local import configs
 from deploy.local.configs import RegionSpec, StackSpec
 from deploy.local.ports import Ports
+from deploy.registry_config import ACCESS_KEY_ENV, SECRET_KEY_ENV
+from engine.replicas import ReplicaDefinition
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_LIBS = REPO / ".cache" / "kafka" / "libs"
@@ -279,6 +281,7 @@ def make_spec(root: Path, port_base: int, regions: list[str]) -> StackSpec:
 
 
 def _kafka_cluster_id() -> str:
+    # `--cluster-id=` form: a random id may start with '-', which would otherwise read as an option (1 in 32).
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
@@ -293,7 +296,7 @@ def _start_kafka(launcher: Launcher) -> None:
         raise StackError(f"Kafka jars missing in {KAFKA_LIBS}: run `make kafka` (mvn fetches them)")
     properties = configs.kafka_properties(spec)
     configs.kafka_log4j(spec)
-    fmt = _java(spec, "kafka.tools.StorageTool", "format", "-t", _kafka_cluster_id(), "-c", str(properties))
+    fmt = _java(spec, "kafka.tools.StorageTool", "format", f"--cluster-id={_kafka_cluster_id()}", "-c", str(properties))
     result = subprocess.run(fmt, capture_output=True, text=True, check=False, env=_clean_env())
     if result.returncode != 0:
         raise StackError(f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}")
@@ -375,28 +378,38 @@ async def _up(launcher: Launcher, timeout_s: float) -> None:
 
     registry = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     launcher.start("primary", [registry, "serve", str(configs.primary_registry(spec))])
-    for region in spec.regions:
-        launcher.start(f"registry-{region.name}", [registry, "serve", str(configs.region_registry(spec, region))])
-
     configs.georep_toml(spec)
     launcher.start("webhook", _georep(spec, "webhook"), launcher.georep_env)
     launcher.start("logstore", _georep(spec, "logstore"), launcher.georep_env)
-    for region in spec.regions:
-        port = spec.ports.replicator(region.index)
-        env = launcher.georep_env | {"GEOREP_REPLICATOR__PORT": str(port)}
-        launcher.start(f"replicator-{region.name}", _georep(spec, "replicate", "--region", region.name), env)
-
-    probes: list[Awaitable[None]] = [
+    await asyncio.gather(
         launcher.wait("primary", lambda: _http_ok(spec.url(spec.ports.primary) + "/v2/"), timeout_s),
         launcher.wait("webhook", lambda: _http_ok(spec.url(spec.ports.webhook) + "/readyz"), timeout_s),
         launcher.wait("logstore", lambda: _http_ok(spec.url(spec.ports.logstore) + "/healthz"), timeout_s),
-    ]
-    for r in spec.regions:
-        registry_url = spec.url(spec.ports.registry(r.index)) + "/v2/"
-        replicator_url = spec.url(spec.ports.replicator(r.index)) + "/healthz"
-        probes.append(launcher.wait(f"registry-{r.name}", lambda u=registry_url: _http_ok(u), timeout_s))  # type: ignore[misc]
-        probes.append(launcher.wait(f"replicator-{r.name}", lambda u=replicator_url: _http_ok(u), timeout_s))  # type: ignore[misc]
+    )
+
+    # Regions are replicas like any other: created through the API, which writes them to Kafka.
+    probes: list[Awaitable[None]] = []
+    for region in spec.regions:
+        replica = await _create_replica(spec.url(spec.ports.logstore), configs.replica_request(spec, region))
+        keys = {ACCESS_KEY_ENV: region.access_key, SECRET_KEY_ENV: region.secret_key}
+        config = configs.region_registry(spec, replica)
+        launcher.start(f"registry-{region.name}", [registry, "serve", str(config)], keys)
+        port = spec.ports.replicator(region.index)
+        env = launcher.georep_env | {"GEOREP_REPLICATOR__PORT": str(port)}
+        launcher.start(f"replicator-{region.name}", _georep(spec, "replicate", "--region", region.name), env)
+        registry_url = spec.url(spec.ports.registry(region.index)) + "/v2/"
+        replicator_url = spec.url(spec.ports.replicator(region.index)) + "/healthz"
+        probes.append(launcher.wait(f"registry-{region.name}", lambda u=registry_url: _http_ok(u), timeout_s))  # type: ignore[misc]
+        probes.append(launcher.wait(f"replicator-{region.name}", lambda u=replicator_url: _http_ok(u), timeout_s))  # type: ignore[misc]
     await asyncio.gather(*probes)
+
+
+async def _create_replica(api: str, request: dict[str, Any]) -> ReplicaDefinition:
+    async with aiohttp.ClientSession() as session, session.post(f"{api}/replicas", json=request) as response:
+        body = await response.json()
+        if response.status != 201:
+            raise StackError(f"creating replica {request['region']} failed: HTTP {response.status} {body}")
+    return ReplicaDefinition.model_validate(body["replica"])
 
 
 def _write(spec: StackSpec, launcher: Launcher) -> dict[str, Any]:

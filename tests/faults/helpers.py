@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
@@ -20,7 +18,6 @@ if TYPE_CHECKING:
 else:
     S3Client = Any
 
-T = TypeVar("T")
 MiB = 1024 * 1024
 
 
@@ -54,15 +51,3 @@ async def uploads(s3: S3Client, bucket_name: str, prefix: str = "") -> list[dict
     async for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket_name, Prefix=prefix):
         found += page.get("Uploads", [])
     return found
-
-
-async def until(check: Callable[[], Awaitable[T | None]], what: str, timeout_s: float = 90) -> T:
-    """Poll `check` until it returns something true (a non-empty list, say); fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        await asyncio.sleep(0.1)

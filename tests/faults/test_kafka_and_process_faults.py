@@ -13,9 +13,10 @@ from deploy.local import images, stack
 from deploy.local.probe import wait_served
 from engine.digest import Digest
 from tests.faults.conftest import DRAIN_GRACE_S, RECOVERIES, Faults
-from tests.faults.helpers import MiB, bucket, layout, size_of, until, uploads
+from tests.faults.helpers import MiB, bucket, layout, size_of, uploads
 from tests.integration.test_log_and_webhook import post
 from tests.integration.test_ordering_and_dead_letters import V1, manifest_event
+from tests.waiting import until
 
 pytestmark = pytest.mark.faults
 

@@ -13,7 +13,8 @@ from deploy.local import images
 from deploy.local.probe import wait_served
 from engine.digest import Digest
 from tests.faults.conftest import RECOVERIES, Faults
-from tests.faults.helpers import MiB, bucket, layout, size_of, until, uploads
+from tests.faults.helpers import MiB, bucket, layout, size_of, uploads
+from tests.waiting import until
 
 pytestmark = pytest.mark.faults
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ import pytest
 from consumers.store import RegionStore
 from deploy.local import images, skopeo, stack
 from deploy.local.probe import wait_served
+from deploy.registry_config import ACCESS_KEY_ENV, SECRET_KEY_ENV
 from engine.settings import RegionSettings
 
 pytestmark = pytest.mark.integration
@@ -110,6 +112,78 @@ class Stack(stack.Running):
         for event_id in {r["event_id"] for r in found}:
             assert {r["region"] for r in found if r["event_id"] == event_id} == set(self.regions)
         return {r["region"]: r for r in found if r["status"] == "succeeded"}
+
+    async def api(self, method: str, path: str, body: Any = None, **params: str) -> tuple[int, Any]:
+        """Call the georep API: (HTTP status, JSON body)."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, self.info["logs"] + path, json=body, params=params or None) as response,
+        ):
+            return response.status, await response.json()
+
+    @asynccontextmanager
+    async def extra_region(self, name: str, slot: int, **options: Any) -> AsyncIterator[ExtraRegion]:
+        """A replica created during the test, on a bucket of its own (on ap-singapore's S3 server), with its
+        replicator and a read-only registry started from `georep replicas registry-config`; deleted after."""
+        base = self.regions["ap-singapore"]
+        bucket = f"georep-{name}"
+        async with self.region_store("ap-singapore") as store:
+            await store._s3.create_bucket(Bucket=bucket)
+        keys = self.root / "credentials" / f"{name}.json"
+        keys.write_text(json.dumps({"access_key": base["access_key"], "secret_key": base["secret_key"]}))
+        registry = f"127.0.0.1:{PORT_BASE + 60 + slot}"
+        request = {
+            "region": name, "endpoint": base["s3"], "bucket": bucket, "registry": registry,
+            "credentials_ref": f"file:{keys}", **options,
+        }  # fmt: skip
+        status, body = await self.api("POST", "/replicas", request)
+        assert status == 201, body
+        config = self.root / f"registry-{name}.json"
+        code, _, err = await run_georep(
+            self, "replicas", "registry-config", name, "--listen", registry, "--output", str(config)
+        )
+        assert code == 0, err
+        logs = self.root / "logs"
+        registry_argv = ["docker-registry", "serve", str(config)]
+        registry_proc = stack.spawn({
+            "argv": registry_argv, "log": str(logs / f"registry-{name}.log"),
+            "env": {ACCESS_KEY_ENV: base["access_key"], SECRET_KEY_ENV: base["secret_key"]},
+        })  # fmt: skip
+        health = f"http://127.0.0.1:{PORT_BASE + 40 + slot}"
+        replicator_argv = [
+            sys.executable,
+            "-m",
+            "georep",
+            "--config",
+            self.info["config"],
+            "replicate",
+            "--region",
+            name,
+        ]
+        replicator = stack.spawn({
+            "argv": replicator_argv, "log": str(logs / f"replicator-{name}.log"),
+            "env": {"GEOREP_REPLICATOR__PORT": str(PORT_BASE + 40 + slot)},
+        })  # fmt: skip
+        region = ExtraRegion(name, bucket, registry, replicator, replicator_argv)
+        try:
+            await stack.wait_ready(f"registry-{name}", registry_proc, lambda: stack._http_ok(f"http://{registry}/v2/"),
+                                   logs / f"registry-{name}.log", 60)  # fmt: skip
+            await stack.wait_ready(f"replicator-{name}", replicator, lambda: stack._http_ok(f"{health}/healthz"),
+                                   logs / f"replicator-{name}.log", 60)  # fmt: skip
+            yield region
+        finally:
+            await self.api("DELETE", f"/replicas/{name}")
+            stack.stop_pid(replicator.pid, replicator_argv, grace_s=30)
+            stack.stop_pid(registry_proc.pid, registry_argv, grace_s=10)
+
+
+@dataclass
+class ExtraRegion:
+    name: str
+    bucket: str
+    registry: str
+    replicator: stack.Proc
+    replicator_argv: list[str]
 
 
 async def run_georep(live: Stack, *args: str, timeout_s: float = 60) -> tuple[int, str, str]:

@@ -58,10 +58,12 @@ class RecordingPublisher(Publisher):
     def connected(self) -> bool:
         return self.up
 
-    async def publish(self, topic: str, messages: Sequence[tuple[bytes, bytes]], timeout_s: float) -> None:
+    async def publish(self, topic: str, messages: Sequence[tuple[bytes, bytes | None]], timeout_s: float) -> None:
         if not self.up:
             raise KafkaUnavailable(f"kafka did not acknowledge within {timeout_s:g}s: stand-in is down")
-        self.messages.extend((topic, key, value) for key, value in messages)
+        for key, value in messages:
+            assert value is not None, "the webhook never publishes a tombstone"
+            self.messages.append((topic, key, value))
 
     async def close(self) -> None:
         return None

@@ -11,7 +11,7 @@ import aiohttp
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
-from consumers.logstore import serve_logstore
+from consumers.logstore.service import serve_logstore
 from engine.settings import KafkaSettings, LogStoreSettings, Settings
 
 

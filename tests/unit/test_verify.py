@@ -248,7 +248,7 @@ def test_extra_tags_are_current_links_the_primary_does_not_list() -> None:
             LAYOUT.tag_current_link(REPO, Tag.parse("old")),
             None,
             "present",
-            "the primary has no such tag; deletes are not replicated yet",
+            "the primary has no such tag (deleted there, or excluded from this replica)",
         )
     ]
     assert extra_tags(LAYOUT, REPO, keys, {TAG, Tag.parse("old")}) == []

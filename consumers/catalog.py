@@ -1,0 +1,133 @@
+"""Compacted topics read into memory: the replica catalog and the backfill checkpoints.
+
+Every process that needs to know which replicas exist reads `georep.replicas`
+from the beginning (no consumer group: each process needs all of it) and
+keeps following it, so a replica created or deleted anywhere is known
+everywhere within a poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Final, Generic, TypeVar
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from engine.errors import InvalidEvent
+from engine.replicas import ReplicaDefinition
+from engine.settings import KafkaSettings
+from georep.runtime import retry_until_stopped, unless_stopped
+from producers.kafka import ensure_topics, start_reader
+
+log = structlog.get_logger(__name__)
+V = TypeVar("V")
+_POLL_MS: Final = 500
+
+
+class CatalogUnavailable(Exception):
+    """Kafka did not answer in time: the caller cannot know which replicas exist."""
+
+
+class CompactedView(Generic[V]):
+    """The latest value per key of a compacted topic, kept current by `run()`.
+
+    A value that cannot be decoded is logged and ignored: a bad write must not
+    stop every process from learning about replicas.
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str, decode: Callable[[bytes], V], role: str) -> None:
+        self._kafka = kafka
+        self.topic = topic
+        self._decode = decode
+        self._role = role
+        self.values: dict[str, V] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._changed = asyncio.Condition()
+        self._positions: dict[TopicPartition, int] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async def connect() -> AIOKafkaConsumer:
+            await ensure_topics(self._kafka)
+            return await start_reader(self._kafka, self.topic, f"{self._role}-catalog")
+
+        consumer = await retry_until_stopped(connect, (KafkaError, OSError), stop, "catalog.kafka_unavailable")
+        if consumer is None:
+            return
+        self._consumer = consumer
+        try:
+            while not stop.is_set():
+                batch = await unless_stopped(consumer.getmany(timeout_ms=_POLL_MS), stop)
+                async with self._changed:
+                    for tp, messages in (batch or {}).items():
+                        for message in messages:
+                            self._apply(message.key, message.value, message.offset)
+                        self._positions[tp] = messages[-1].offset + 1 if messages else self._positions.get(tp, 0)
+                    for tp in consumer.assignment():
+                        self._positions[tp] = max(self._positions.get(tp, 0), await consumer.position(tp))
+                    self._changed.notify_all()
+        finally:
+            self._consumer = None
+            with contextlib.suppress(KafkaError, OSError):
+                await consumer.stop()
+
+    def _apply(self, key: bytes | None, value: bytes | None, offset: int) -> None:
+        if key is None:
+            log.warning("catalog.keyless_message", topic=self.topic, offset=offset)
+            return
+        name = key.decode(errors="replace")
+        if value is None:
+            self.values.pop(name, None)
+            return
+        try:
+            self.values[name] = self._decode(value)
+        except InvalidEvent as exc:
+            log.warning("catalog.invalid_value", topic=self.topic, key=name, offset=offset, reason=str(exc))
+
+    async def caught_up(self, timeout_s: float = 15.0) -> None:
+        """Return once everything written to the topic before this call has been read."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._consumer is None or not self._consumer.assignment():
+                    async with self._changed:
+                        await self._changed.wait()
+                consumer = self._consumer
+                ends = await consumer.end_offsets(list(consumer.assignment()))
+                async with self._changed:
+                    await self._changed.wait_for(lambda: all(self._positions.get(tp, 0) >= n for tp, n in ends.items()))
+        except (TimeoutError, KafkaError) as exc:
+            raise CatalogUnavailable(
+                f"could not read {self.topic} from Kafka at {self._kafka.bootstrap_servers} within {timeout_s:g}s"
+            ) from exc
+
+    async def wait_for(self, ready: Callable[[dict[str, V]], bool], stop: asyncio.Event | None = None) -> bool:
+        """Wait until `ready(values)` holds; False if `stop` is set first."""
+        while True:
+            async with self._changed:
+                if ready(self.values):
+                    return True
+                if stop is not None and stop.is_set():
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 1.0)
+
+
+def replica_view(kafka: KafkaSettings, role: str) -> CompactedView[ReplicaDefinition]:
+    return CompactedView(kafka, kafka.replicas_topic, ReplicaDefinition.from_json, role)
+
+
+@asynccontextmanager
+async def following(view: CompactedView[V], timeout_s: float = 15.0) -> AsyncIterator[CompactedView[V]]:
+    """`view`, read up to the end of its topic and kept current for the duration of the block."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(view.run(stop), name=f"follow-{view.topic}")
+    try:
+        await view.caught_up(timeout_s)
+        yield view
+    finally:
+        stop.set()
+        await task

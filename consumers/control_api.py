@@ -1,0 +1,128 @@
+"""The control plane over HTTP, beside `/logs` on the georep API.
+
+    GET    /replicas                      {"replicas": [definition, ...]}
+    POST   /replicas                      definition fields (+ "backfill": bool, default true) -> 201
+    GET    /replicas/{region}             {"replica": definition, "backfill": progress | null}
+    DELETE /replicas/{region}             {"deleted": definition}
+    GET    /replicas/{region}/backfill    backfill progress: walk checkpoint and replicated counts
+    GET    /status                        per region: lag, oldest pending event, totals, latency, backfill
+    GET    /status/image?image=REPO:TAG   per region: replicated, in progress, failed (why), not replicated
+
+Refusals carry `{"error", "reason"}` (and `rule` for a replica rule): 400 for a
+bad request, 404 for an unknown replica, 409 for a conflict (exists already,
+primary still in use), 422 for a rule, 503 when Kafka cannot be reached.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from consumers.catalog import CatalogUnavailable
+from consumers.control import Control
+from engine.digest import Digest
+from engine.errors import InvalidInput
+from engine.names import Repository, Tag, parse_region
+from engine.replicas import ReplicaDefinition, ReplicaRefused
+from producers.kafka import KafkaUnavailable
+
+log = structlog.get_logger(__name__)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(error: str, reason: str, status: int, **extra: str) -> web.Response:
+    log.info("api.refused", error=error, reason=reason, status=status, **extra)
+    return _json({"error": error, "reason": reason, **extra}, status=status)
+
+
+def _replica(definition: ReplicaDefinition) -> dict[str, Any]:
+    return definition.model_dump(mode="json", by_alias=True)
+
+
+def parse_image(text: str) -> tuple[Repository, Tag | None, Digest | None]:
+    """`repo:tag` or `repo@sha256:…` (a bare `repo` means `repo:latest`)."""
+    if "@" in text:
+        name, _, digest = text.partition("@")
+        return Repository.parse(name), None, Digest.parse(digest)
+    name, _, tag = text.partition(":")
+    return Repository.parse(name), Tag.parse(tag or "latest"), None
+
+
+def add_control_routes(app: web.Application, control: Control) -> None:
+    async def list_replicas(_: web.Request) -> web.Response:
+        return _json({"replicas": [_replica(d) for _, d in sorted(control.replicas.values.items())]})
+
+    async def create(request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return _error("invalid-body", f"body is not JSON: {exc}", 400)
+        if not isinstance(body, dict):
+            return _error("invalid-body", "body must be a JSON object of replica fields", 400)
+        backfill = body.pop("backfill", True)
+        body.pop("created_at", None)  # set here, not by the caller
+        if not isinstance(backfill, bool):
+            return _error("invalid-body", "backfill must be true or false", 400)
+        try:
+            definition = ReplicaDefinition.parse(body)
+            created = await control.create(definition, backfill=backfill)
+        except ReplicaRefused as exc:
+            return _error("replica-refused", str(exc), exc.status, rule=exc.rule)
+        except InvalidInput as exc:
+            return _error("invalid-replica", str(exc), 400)
+        except (KafkaUnavailable, CatalogUnavailable) as exc:
+            return _error("kafka-unavailable", str(exc), 503)
+        return _json({"replica": _replica(created), "backfill": "started" if backfill else "off"}, status=201)
+
+    async def show(request: web.Request) -> web.Response:
+        region = request.match_info["region"]
+        definition = control.replicas.values.get(region)
+        if definition is None:
+            known = ", ".join(sorted(control.replicas.values)) or "none"
+            return _error("unknown-replica", f"no replica in {region} (replicas: {known})", 404)
+        return _json({"replica": _replica(definition), "backfill": await control.backfill(region)})
+
+    async def delete(request: web.Request) -> web.Response:
+        region = request.match_info["region"]
+        try:
+            parse_region(region)
+            gone = await control.delete(region)
+        except ReplicaRefused as exc:
+            return _error("replica-refused", str(exc), exc.status, rule=exc.rule)
+        except InvalidInput as exc:
+            return _error("invalid-region", str(exc), 400)
+        except (KafkaUnavailable, CatalogUnavailable) as exc:
+            return _error("kafka-unavailable", str(exc), 503)
+        return _json({"deleted": _replica(gone)})
+
+    async def backfill(request: web.Request) -> web.Response:
+        region = request.match_info["region"]
+        progress = await control.backfill(region)
+        if progress is None:
+            return _error("no-backfill", f"no backfill has run for {region}", 404)
+        return _json(progress)
+
+    async def status(_: web.Request) -> web.Response:
+        return _json(await control.status())
+
+    async def image(request: web.Request) -> web.Response:
+        text = request.query.get("image", "")
+        try:
+            repository, tag, digest = parse_image(text)
+        except InvalidInput as exc:
+            return _error("invalid-image", f"image {text[:300]!r}: {exc}; expected repo:tag or repo@digest", 400)
+        return _json(await control.image(repository, tag, digest))
+
+    app.router.add_get("/replicas", list_replicas)
+    app.router.add_post("/replicas", create)
+    app.router.add_get("/replicas/{region}", show)
+    app.router.add_delete("/replicas/{region}", delete)
+    app.router.add_get("/replicas/{region}/backfill", backfill)
+    app.router.add_get("/status", status)
+    app.router.add_get("/status/image", image)

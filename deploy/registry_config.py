@@ -1,0 +1,76 @@
+"""A replica region's registry configuration, generated from its replica definition.
+
+The region runs a stock CNCF distribution registry on the replica's bucket:
+read-only (pushes answer 405), upload purging off (there are no uploads), and
+the primary's `auth` section copied as is, so the same users and tokens pull
+with the same credentials in every region.
+
+The bucket keys are not written into the file: distribution reads them from
+`REGISTRY_STORAGE_S3_ACCESSKEY` and `REGISTRY_STORAGE_S3_SECRETKEY`, which a
+deployment sets from the same secret `credentials_ref` names.
+
+The result is JSON, which is valid YAML: distribution reads it unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from engine.replicas import ReplicaDefinition
+from engine.settings import ConfigError
+
+ACCESS_KEY_ENV = "REGISTRY_STORAGE_S3_ACCESSKEY"
+SECRET_KEY_ENV = "REGISTRY_STORAGE_S3_SECRETKEY"  # noqa: S105 -- the name of a variable, not its value
+
+
+def load_primary_config(path: Path) -> dict[str, Any]:
+    """The primary registry's own configuration (YAML or JSON)."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the primary's registry configuration {path}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a registry configuration is a mapping, not {type(doc).__name__}")
+    return doc
+
+
+def registry_config(
+    replica: ReplicaDefinition,
+    *,
+    listen: str = "0.0.0.0:5000",
+    primary: dict[str, Any] | None = None,
+    http_secret: str | None = None,
+) -> dict[str, Any]:
+    endpoint = urlsplit(replica.endpoint)
+    s3: dict[str, Any] = {
+        "region": replica.s3_region,
+        "regionendpoint": replica.endpoint,
+        "bucket": replica.bucket,
+        "secure": endpoint.scheme == "https",
+        "v4auth": True,
+    }
+    if replica.prefix:
+        s3["rootdirectory"] = "/" + replica.prefix
+    http: dict[str, Any] = {"addr": listen}
+    secret = http_secret or ((primary or {}).get("http") or {}).get("secret")
+    if secret:
+        http["secret"] = secret
+    config: dict[str, Any] = {
+        "version": "0.1",
+        "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
+        "http": http,
+        "storage": {
+            "s3": s3,
+            "maintenance": {"readonly": {"enabled": True}, "uploadpurging": {"enabled": False}},
+            # Clients pull the bytes through the registry, not from a presigned bucket URL.
+            "redirect": {"disable": True},
+        },
+    }
+    auth = (primary or {}).get("auth")
+    if auth:
+        config["auth"] = auth
+    return config

@@ -1,0 +1,352 @@
+"""`georep replicas …`, `georep backfill` and `georep status`: the control plane from a terminal.
+
+`replicas` and `status` talk to the georep API (`logstore.url`), which applies
+the rules and owns the backfills; `backfill` runs a region's catalog walk in
+this process (to resume or re-run one by hand, or `--dry-run` to list what it
+would copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import orjson
+from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from engine.settings import Settings
+
+POLL_S: Final = 0.5
+_STATE_STYLE: Final = {"replicated": "green", "in-progress": "yellow", "failed": "bold red"}
+
+
+class ApiError(Exception):
+    """The API refused or could not be reached; the message is for a person."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _call(settings: Settings, method: str, path: str, body: Any = None, **params: str) -> Any:
+    url = settings.logstore.url + path
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+            session.request(method, url, json=body, params=params or None) as response,
+        ):
+            status, raw = response.status, await response.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise ApiError(f"cannot reach the georep API at {settings.logstore.url}: {exc or type(exc).__name__}") from None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(f"{method} {path}: HTTP {status}: {raw[:200].decode(errors='replace')}") from None
+    if status >= 400:
+        rule = f" [{doc['rule']}]" if isinstance(doc, dict) and "rule" in doc else ""
+        reason = doc.get("reason") if isinstance(doc, dict) else doc
+        raise ApiError(f"refused{rule}: {reason}", status)
+    return doc
+
+
+def _print_json(doc: Any) -> None:
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+
+
+# -- replicas -------------------------------------------------------------------------------------
+
+
+async def replicas(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        return await _REPLICAS[args.action](settings, args)
+    except ApiError as exc:
+        print(f"georep replicas {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _create(settings: Settings, args: argparse.Namespace) -> int:
+    request = {
+        "region": args.region,
+        "endpoint": args.endpoint,
+        "bucket": args.bucket,
+        "prefix": args.prefix,
+        "s3_region": args.s3_region,
+        "registry": args.registry,
+        "credentials_ref": args.credentials_ref,
+        "deletes": not args.no_deletes,
+        "include": args.include,
+        "exclude": args.exclude,
+        "backfill": not args.no_backfill,
+    }
+    doc = await _call(settings, "POST", "/replicas", request)
+    if args.json:
+        _print_json(doc)
+    else:
+        print(f"created replica {args.region}; backfill {doc['backfill']}")
+        _replica_table([doc["replica"]])
+    if args.wait and not args.no_backfill:
+        return await watch_backfill(settings, args.region, json_lines=args.json)
+    return 0
+
+
+async def _list(settings: Settings, args: argparse.Namespace) -> int:
+    doc = await _call(settings, "GET", "/replicas")
+    if args.json:
+        _print_json(doc)
+    else:
+        _replica_table(doc["replicas"])
+    return 0
+
+
+async def _show(settings: Settings, args: argparse.Namespace) -> int:
+    doc = await _call(settings, "GET", f"/replicas/{args.region}")
+    if args.json:
+        _print_json(doc)
+        return 0
+    _replica_table([doc["replica"]])
+    backfill = doc.get("backfill")
+    if backfill:
+        print(_backfill_line(backfill))
+    return 0
+
+
+async def _delete(settings: Settings, args: argparse.Namespace) -> int:
+    doc = await _call(settings, "DELETE", f"/replicas/{args.region}")
+    print(orjson.dumps(doc).decode() if args.json else f"deleted replica {args.region}; its bucket is left as it is")
+    return 0
+
+
+async def _registry_config(settings: Settings, args: argparse.Namespace) -> int:
+    from deploy.registry_config import ACCESS_KEY_ENV, SECRET_KEY_ENV, load_primary_config, registry_config
+    from engine.replicas import ReplicaDefinition
+
+    doc = await _call(settings, "GET", f"/replicas/{args.region}")
+    replica = ReplicaDefinition.model_validate(doc["replica"])
+    primary = load_primary_config(Path(args.primary_config)) if args.primary_config else None
+    config = orjson.dumps(registry_config(replica, listen=args.listen, primary=primary), option=orjson.OPT_INDENT_2)
+    if args.output:
+        await asyncio.to_thread(Path(args.output).write_bytes, config + b"\n")
+    else:
+        print(config.decode())
+    print(f"# start it with {ACCESS_KEY_ENV} and {SECRET_KEY_ENV} set from {replica.credentials_ref}", file=sys.stderr)
+    return 0
+
+
+_REPLICAS: Final = {
+    "create": _create,
+    "list": _list,
+    "show": _show,
+    "delete": _delete,
+    "registry-config": _registry_config,
+}
+
+
+def _replica_table(replicas: list[dict[str, Any]]) -> None:
+    table = Table("region", "endpoint", "bucket/prefix", "registry", "deletes", "filters", "created")
+    for r in replicas:
+        filters = [f"+{p}" for p in r["include"]] + [f"-{p}" for p in r["exclude"]]
+        bucket = r["bucket"] + (f"/{r['prefix']}" if r["prefix"] else "")
+        table.add_row(
+            r["region"], r["endpoint"], bucket, r.get("registry") or "-", "on" if r["deletes"] else "off",
+            " ".join(filters) or "-", r["created_at"][:19],
+        )  # fmt: skip
+    Console(width=160).print(table)
+
+
+# -- backfill -------------------------------------------------------------------------------------
+
+
+def _backfill_line(b: dict[str, Any]) -> str:
+    return (
+        f"backfill {b['state']}: {b['repositories_done']}/{b['repositories_total']} repositories, "
+        f"{b['tags_published']} tags ({decimal(b['bytes_published'])}) published, "
+        f"{b['replicated']} replicated ({decimal(b['replicated_bytes'])}), {b['dead_lettered']} dead-lettered"
+    )
+
+
+async def watch_backfill(settings: Settings, region: str, *, json_lines: bool = False) -> int:
+    """Follow a backfill the API runs until every event it published is replicated."""
+    columns = (
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[extra]}"),
+    )
+    with Progress(*columns, TimeElapsedColumn(), disable=json_lines) as bars:
+        walk = bars.add_task("walk", total=None, extra="")
+        copy = bars.add_task("replicate", total=None, extra="")
+        while True:
+            try:
+                b = await _call(settings, "GET", f"/replicas/{region}/backfill")
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                await asyncio.sleep(POLL_S)  # created a moment ago: its first checkpoint is on its way
+                continue
+            if json_lines:
+                print(orjson.dumps(b).decode(), flush=True)
+            bars.update(walk, total=b["repositories_total"] or None, completed=b["repositories_done"],
+                        extra=f"{b['tags_published']} tags, {decimal(b['bytes_published'])}")  # fmt: skip
+            copied = f"{decimal(b['replicated_bytes'])} copied, {b['dead_lettered']} dead-lettered"
+            bars.update(copy, total=b["tags_published"] or None, completed=b["replicated"], extra=copied)
+            if b["complete"] or b["state"] == "failed":
+                break
+            await asyncio.sleep(POLL_S)
+    if not json_lines:
+        print(_backfill_line(b))
+    return 0 if b["state"] == "done" and not b["dead_lettered"] else 1
+
+
+async def backfill(settings: Settings, args: argparse.Namespace) -> int:
+    """Walk the primary for one region here, resuming its checkpoint; `--dry-run` only lists."""
+    from consumers.catalog import following, replica_view
+    from consumers.registry import RegistryClient
+    from producers.backfill import Backfill, Checkpoint, checkpoint_view
+    from producers.kafka import Publisher
+
+    async with following(replica_view(settings.kafka, "backfill-cli")) as catalog:
+        replica = catalog.values.get(args.region)
+    if replica is None:
+        print(
+            f"georep backfill: no replica in {args.region}: create it first (georep replicas create)", file=sys.stderr
+        )
+        return 1
+    async with following(checkpoint_view(settings.kafka, "backfill-cli")) as checkpoints:
+        resume = None if args.dry_run else checkpoints.values.get(args.region)
+    publisher = None if args.dry_run else Publisher(settings.kafka, "backfill-cli")
+    columns = (TextColumn("walk"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"))
+    try:
+        async with RegistryClient.session(settings.primary) as session:
+            primary = RegistryClient(settings.primary, session)
+            job = Backfill(settings.kafka, primary, publisher, args.region, replica)
+            with Progress(*columns, TimeElapsedColumn(), disable=args.json) as bars:
+                bar = bars.add_task("walk", total=None, extra="")
+
+                def show(c: Checkpoint) -> None:
+                    if args.json:
+                        print(c.to_json().decode(), flush=True)
+                    bars.update(bar, total=c.repositories_total or None, completed=c.repositories_done,
+                                extra=f"{c.tags_published} tags, {decimal(c.bytes_published)}")  # fmt: skip
+
+                if resume is not None and resume.state == "running" and not args.json:
+                    print(f"resuming after {resume.after} ({resume.repositories_done} repositories done)")
+                done = await job.run(resume, show)
+    finally:
+        if publisher is not None:
+            await publisher.close()
+    if args.dry_run:
+        _planned(job.planned, args.json)
+    elif not args.json:
+        print(f"published {done.tags_published} tags ({decimal(done.bytes_published)}) for {args.region}")
+    return 0
+
+
+def _planned(planned: list[Any], as_json: bool) -> None:
+    if as_json:
+        print(orjson.dumps({"would_publish": [p.model_dump() for p in planned]}).decode())
+        return
+    table = Table("repository", "tag", "digest", "new bytes", title="backfill --dry-run: would replicate")
+    for p in sorted(planned, key=lambda p: (p.repository, p.tag)):
+        table.add_row(p.repository, p.tag, p.digest[:19], decimal(p.bytes))
+    Console(width=140).print(table)
+    print(f"{len(planned)} tags, {decimal(sum(p.bytes for p in planned))}; nothing was published")
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+
+async def status(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        if args.image:
+            doc = await _call(settings, "GET", "/status/image", image=args.image)
+        else:
+            doc = await _call(settings, "GET", "/status")
+    except ApiError as exc:
+        print(f"georep status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(doc)
+    elif args.image:
+        _image_table(doc)
+    else:
+        _status_table(doc)
+    return 0
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _status_table(doc: dict[str, Any]) -> None:
+    window = doc["regions"][0]["latency_window_s"] // 60 if doc["regions"] else 5
+    table = Table(
+        "region", "lag", "oldest pending", "replicated", "bytes", "retrying", "dead", "p50", "p99", "backfill",
+        title=f"replication status (latency over the last {window} min)",
+    )  # fmt: skip
+    for r in doc["regions"]:
+        b = r.get("backfill")
+        backfill = "-" if not b else f"{b['state']} {b['replicated']}/{b['tags_published']} tags"
+        table.add_row(
+            r["region"], "?" if r["lag_events"] is None else str(r["lag_events"]), _seconds(r["oldest_pending_s"]),
+            str(r["events_replicated"]), decimal(r["bytes_replicated"]), str(r["retrying"]), str(r["dead_lettered"]),
+            _seconds(r["latency_p50_s"]), _seconds(r["latency_p99_s"]), backfill,
+        )  # fmt: skip
+    Console(width=160).print(table)
+
+
+def _image_table(doc: dict[str, Any]) -> None:
+    digest = doc["digest"][:19] if doc["digest"] else "not on the primary"
+    table = Table("region", "state", "detail", title=f"{doc['image']}  {digest}")
+    for r in doc["regions"]:
+        state = r["state"]
+        detail = r.get("detail") or (f"after {r['lag_s']}s, at {r['finished_at'][:19]}" if "lag_s" in r else "")
+        table.add_row(r["region"], f"[{_STATE_STYLE.get(state, 'dim')}]{state}[/]", detail)
+    Console(width=160).print(table)
+
+
+def add_arguments(sub: Any) -> None:
+    rep = sub.add_parser("replicas", help="create, list, show and delete replica regions")
+    actions = rep.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a replica (rules apply) and start its backfill")
+    create.add_argument("--region", required=True)
+    create.add_argument("--endpoint", required=True, help="the region's S3 endpoint URL")
+    create.add_argument("--bucket", required=True)
+    create.add_argument("--prefix", default="", help="root prefix inside the bucket")
+    create.add_argument("--s3-region", default="us-east-1")
+    create.add_argument("--registry", help="host:port of the region's read-only registry")
+    create.add_argument("--credentials-ref", required=True, help="env:PREFIX or file:/path: where the keys are")
+    create.add_argument("--no-deletes", action="store_true", help="keep content deleted on the primary")
+    create.add_argument("--include", action="append", default=[], metavar="REPO[:TAG]", help="glob; repeatable")
+    create.add_argument("--exclude", action="append", default=[], metavar="REPO[:TAG]", help="glob; repeatable")
+    create.add_argument("--no-backfill", action="store_true", help="replicate new pushes only")
+    create.add_argument("--wait", action="store_true", help="show the backfill's progress until it is replicated")
+    for name, text in (("list", "every replica"), ("show", "one replica and its backfill"), ("delete", "delete")):
+        action = actions.add_parser(name, help=text)
+        if name != "list":
+            action.add_argument("region")
+    config = actions.add_parser("registry-config", help="the region's read-only registry configuration")
+    config.add_argument("region")
+    config.add_argument("--primary-config", help="the primary registry's config: its auth section is copied")
+    config.add_argument("--listen", default="0.0.0.0:5000", help="address the registry listens on")
+    config.add_argument("--output", "-o", help="write to this file instead of stdout")
+    for action in actions.choices.values():
+        action.add_argument("--json", action="store_true", help="JSON output, for machines")
+    rep.set_defaults(run=replicas)
+
+    fill = sub.add_parser("backfill", help="walk the primary and publish a region's backfill here (resumes)")
+    fill.add_argument("--region", required=True)
+    fill.add_argument("--dry-run", action="store_true", help="list what would be replicated, publish nothing")
+    fill.add_argument("--json", action="store_true", help="progress as JSON lines")
+    fill.set_defaults(run=backfill)
+
+    stat = sub.add_parser("status", help="per region lag, totals, latency and backfill; or one image per region")
+    stat.add_argument("image", nargs="?", help="repo:tag or repo@digest")
+    stat.add_argument("--json", action="store_true", help="JSON output, for machines")
+    stat.set_defaults(run=status)

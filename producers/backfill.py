@@ -1,0 +1,229 @@
+"""Backfill: bring a new replica up to date with everything the primary already holds.
+
+Walks the primary's catalog and every repository's tags (both paginated),
+reads what each tag points at, and publishes one push event per tag to
+`georep.events`, addressed to the new region only. The region's replicator
+copies them beside live events, on the same partitions (keyed by repository),
+so a repository's backfill and live events are replicated in order.
+
+A tag never moves backwards: a backfill event carries the time its tag was
+read minus `SKEW`, so any push the primary took after that read (or just
+before it, not yet visible) is newer and wins, whichever is replicated first.
+
+Progress is a checkpoint in the compacted topic `georep.backfill`, written
+after each repository's events are in Kafka: a crashed backfill resumes after
+the last repository it finished (that repository's events may go out twice,
+which replication absorbs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from enum import StrEnum
+from typing import Final
+
+import structlog
+from pydantic import AwareDatetime, BaseModel, Field
+
+from consumers.catalog import CompactedView
+from consumers.registry import RegistryClient
+from engine.digest import Digest
+from engine.errors import GeorepError, InvalidInput, NotFoundUpstream
+from engine.events import Action, Message, ReplicationEvent, Source, utcnow
+from engine.manifests import Manifest
+from engine.names import Repository, Tag
+from engine.replicas import ReplicaDefinition
+from engine.settings import KafkaSettings
+from producers.kafka import Publisher
+
+log = structlog.get_logger(__name__)
+
+#: how far before its read a backfill event is dated: covers a push whose tag the primary had not written yet
+SKEW: Final = timedelta(seconds=2)
+#: tags of one repository read at once
+TAG_CONCURRENCY: Final = 8
+PUBLISH_TIMEOUT_S: Final = 30.0
+
+
+class State(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Checkpoint(Message):
+    """How far a region's backfill got; the latest per region lives in `georep.backfill`."""
+
+    region: str
+    state: State = State.RUNNING
+    started_at: AwareDatetime = Field(default_factory=utcnow)
+    updated_at: AwareDatetime = Field(default_factory=utcnow)
+    finished_at: AwareDatetime | None = None
+    #: the last repository whose events are all published (the catalog is sorted: resume after it)
+    after: str | None = None
+    repositories_total: int = 0
+    repositories_done: int = 0
+    tags_published: int = 0
+    #: bytes of the blobs those tags reference, each blob counted once per run
+    bytes_published: int = 0
+    tags_skipped: int = 0
+    error: str | None = None
+
+
+def checkpoint_view(kafka: KafkaSettings, role: str) -> CompactedView[Checkpoint]:
+    return CompactedView(kafka, kafka.backfill_topic, Checkpoint.from_json, role)
+
+
+class Planned(BaseModel):
+    """One tag a backfill publishes (or, in a dry run, would)."""
+
+    repository: str
+    tag: str
+    digest: str
+    bytes: int
+
+
+Progress = Callable[[Checkpoint], Awaitable[None] | None]
+
+
+class Backfill:
+    """One region's backfill. `run()` resumes a checkpoint left `running`, or starts afresh."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        primary: RegistryClient,
+        publisher: Publisher | None,
+        region: str,
+        replica: ReplicaDefinition | None,
+        *,
+        page_size: int = 1000,
+    ) -> None:
+        self._kafka = kafka
+        self._primary = primary
+        #: None: a dry run, which publishes nothing and writes no checkpoint
+        self._publisher = publisher
+        #: its filters decide what to publish; None (a region pinned in the config file) takes everything
+        self.replica = replica
+        self.region = region
+        self._page_size = page_size
+        self._seen_blobs: set[str] = set()
+        self.planned: list[Planned] = []
+
+    async def run(self, resume: Checkpoint | None, progress: Progress | None = None) -> Checkpoint:
+        start = resume if resume is not None and resume.state is State.RUNNING else None
+        checkpoint = start or Checkpoint(region=self.region)
+        if start is not None:
+            log.info("backfill.resuming", region=self.region, after=start.after, done=start.repositories_done)
+        try:
+            repositories = [r async for r in self._primary.catalog(self._page_size)]
+            repositories.sort(key=lambda r: r.name)
+            checkpoint = checkpoint.model_copy(update={"repositories_total": len(repositories)})
+            for repository in repositories:
+                if checkpoint.after is not None and repository.name <= checkpoint.after:
+                    continue
+                before = len(self.planned)
+                events, skipped = await self._repository(repository)
+                await self._publish(events)
+                new_bytes = sum(p.bytes for p in self.planned[before:])
+                checkpoint = checkpoint.model_copy(
+                    update={
+                        "after": repository.name,
+                        "repositories_done": checkpoint.repositories_done + 1,
+                        "tags_published": checkpoint.tags_published + len(events),
+                        "bytes_published": checkpoint.bytes_published + new_bytes,
+                        "tags_skipped": checkpoint.tags_skipped + skipped,
+                        "updated_at": utcnow(),
+                    }
+                )
+                await self._save(checkpoint, progress)
+        except GeorepError as exc:
+            failed = checkpoint.model_copy(update={"state": State.FAILED, "error": str(exc), "updated_at": utcnow()})
+            await self._save(failed, progress)
+            raise
+        done = checkpoint.model_copy(update={"state": State.DONE, "finished_at": utcnow(), "updated_at": utcnow()})
+        await self._save(done, progress)
+        log.info("backfill.done", region=self.region, tags=done.tags_published, bytes=done.bytes_published)
+        return done
+
+    async def _repository(self, repository: Repository) -> tuple[list[ReplicationEvent], int]:
+        if self._excluded(repository, None):
+            return [], 0
+        try:
+            names = [name async for name in self._primary.tags(repository, self._page_size)]
+        except NotFoundUpstream:
+            return [], 0  # deleted since the catalog was read
+        slots = asyncio.Semaphore(TAG_CONCURRENCY)
+        tags: list[Tag] = []
+        skipped = 0
+        for name in names:
+            try:
+                tag = Tag.parse(name)
+            except InvalidInput:
+                skipped += 1
+                continue
+            if self._excluded(repository, tag):
+                skipped += 1
+            else:
+                tags.append(tag)
+
+        async def one(tag: Tag) -> ReplicationEvent | None:
+            async with slots:
+                return await self._event(repository, tag)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(tag)) for tag in tags]
+        events = [event for task in tasks if (event := task.result()) is not None]
+        return events, skipped + len(tags) - len(events)
+
+    def _excluded(self, repository: Repository, tag: Tag | None) -> bool:
+        return self.replica is not None and self.replica.excluded(repository, tag) is not None
+
+    async def _event(self, repository: Repository, tag: Tag) -> ReplicationEvent | None:
+        read_at = utcnow()
+        try:
+            root = await self._primary.tagged(repository, tag)
+            children = await self._primary.children(repository, root)
+        except NotFoundUpstream:
+            return None  # deleted meanwhile: its delete event tells the region
+        new_bytes = self._new_bytes(root, children)
+        self.planned.append(Planned(repository=repository.name, tag=tag.name, digest=str(root.digest), bytes=new_bytes))
+        return ReplicationEvent(
+            id=f"backfill:{self.region}:{repository}:{tag}:{root.digest.hex[:16]}",
+            source=Source.BACKFILL,
+            action=Action.PUSH,
+            repository=repository,
+            digest=root.digest,
+            media_type=root.media_type,
+            size=len(root.raw),
+            tag=tag,
+            occurred_at=read_at - SKEW,
+            received_at=utcnow(),
+            region=self.region,
+        )
+
+    def _new_bytes(self, root: Manifest, children: dict[Digest, Manifest]) -> int:
+        total = 0
+        for manifest in (root, *children.values()):
+            for blob in manifest.blobs:
+                if str(blob.digest) not in self._seen_blobs:
+                    self._seen_blobs.add(str(blob.digest))
+                    total += blob.size
+        return total
+
+    async def _publish(self, events: list[ReplicationEvent]) -> None:
+        if self._publisher is None or not events:
+            return
+        messages: list[tuple[bytes, bytes | None]] = [(e.key, e.to_json()) for e in events]
+        await self._publisher.publish(self._kafka.events_topic, messages, PUBLISH_TIMEOUT_S)
+
+    async def _save(self, checkpoint: Checkpoint, progress: Progress | None) -> None:
+        if self._publisher is not None:
+            message: list[tuple[bytes, bytes | None]] = [(self.region.encode(), checkpoint.to_json())]
+            await self._publisher.publish(self._kafka.backfill_topic, message, PUBLISH_TIMEOUT_S)
+        if progress is not None:
+            result = progress(checkpoint)
+            if result is not None:
+                await result

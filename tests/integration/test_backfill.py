@@ -1,0 +1,124 @@
+"""A new replica's backfill: 55 repositories, pushes going on meanwhile, a crash halfway through a re-run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.bench.pusher import Layer, Pusher
+from tests.integration.conftest import Stack, run_georep
+from tests.waiting import until
+
+pytestmark = pytest.mark.integration
+
+REPOSITORIES = 55
+MOVES = 12
+
+
+async def _backfill(live: Stack, region: str) -> dict[str, Any]:
+    status, body = await live.api("GET", f"/replicas/{region}/backfill")
+    assert status == 200, body
+    return dict(body)
+
+
+async def test_backfill_during_live_pushes_then_resumes_after_a_crash(live: Stack) -> None:
+    stem = live.unique("backfill")
+    repos = [f"{stem}/r{i:02d}" for i in range(REPOSITORIES)]
+    expected: dict[tuple[str, str], str] = {}
+    async with aiohttp.ClientSession() as session:
+        pusher = Pusher(session, live.primary)
+        slots = asyncio.Semaphore(8)
+
+        async def push(repo: str, tag: str, seed: str) -> None:
+            async with slots:
+                expected[(repo, tag)] = await pusher.image(repo, tag, [Layer.make(2048, seed)], label=seed)
+
+        # Every repository has v1; those whose `latest` will move have it from the start.
+        await asyncio.gather(*(push(r, "v1", f"{r}-v1") for r in repos))
+        await asyncio.gather(*(push(repos[i * 4], "latest", f"{repos[i * 4]}-latest") for i in range(MOVES)))
+
+        async def live_pushes() -> None:
+            """While the backfill runs: `latest` moves in some repositories, new repositories appear."""
+            for i in range(MOVES):
+                await push(repos[i * 4], "latest", f"{repos[i * 4]}-moved")
+                await push(f"{stem}/new{i:02d}", "v1", f"{stem}-new-{i}")
+
+        pushing = asyncio.create_task(live_pushes())
+        async with live.extra_region("us-oregon", 1) as oregon:
+            await pushing
+
+            async def complete() -> dict[str, Any] | None:
+                progress = await _backfill(live, oregon.name)
+                return progress if progress["complete"] else None
+
+            progress = await until(complete, "the backfill to walk everything and the region to replicate it", 120)
+            assert progress["state"] == "done"
+            assert progress["repositories_done"] == progress["repositories_total"] >= REPOSITORIES
+            assert progress["tags_published"] >= REPOSITORIES + MOVES
+            assert progress["bytes_published"] > 0
+            assert progress["dead_lettered"] == 0
+
+            async def lag_zero() -> bool:
+                _, doc = await live.api("GET", "/status")
+                (mine,) = [r for r in doc["regions"] if r["region"] == oregon.name]
+                return bool(mine["lag_events"] == 0)
+
+            await until(lag_zero, "us-oregon to finish the live events too", 90)
+            # Every tag of every backfilled repository, as the primary serves it now: none behind, none missing.
+            code, out, err = await run_georep(live, "verify", "--region", oregon.name, "--repository", f"{stem}/*",
+                                              "--json", timeout_s=180)  # fmt: skip
+            report = json.loads(out)
+            assert code == 0, err
+            assert report["findings"] == []
+            checked = {(c["repository"], c["tag"]): c["digest"] for c in report["checked"]}
+            assert checked == expected, "verify read the primary's tags: they are exactly what was pushed"
+
+            code, out, _ = await run_georep(live, "replicas", "show", oregon.name)
+            assert code == 0
+            assert "backfill done" in out
+
+            # --dry-run lists every tag with its current digest and publishes nothing.
+            code, out, err = await run_georep(live, "backfill", "--region", oregon.name, "--dry-run", "--json")
+            assert code == 0, err
+            listed = json.loads(out.splitlines()[-1])["would_publish"]
+            mine = {(p["repository"], p["tag"]): p["digest"] for p in listed if p["repository"].startswith(stem)}
+            assert mine == expected
+            assert await _backfill(live, oregon.name) == progress, "a dry run writes no checkpoint"
+
+            await _crash_and_resume(live, oregon.name)
+
+
+async def _crash_and_resume(live: Stack, region: str) -> None:
+    """Kill a backfill re-run a few repositories in; the next run resumes after the last one it finished."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "georep", "--config", live.info["config"], "backfill", "--region", region, "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                line = await proc.stdout.readline()
+                assert line, "the backfill ended before it was killed"
+                if json.loads(line)["repositories_done"] >= 10:
+                    break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    crashed = await _backfill(live, region)
+    assert crashed["state"] == "running"
+    assert 10 <= crashed["repositories_done"] < crashed["repositories_total"]
+
+    code, out, err = await run_georep(live, "backfill", "--region", region, timeout_s=120)
+    assert code == 0, err
+    assert f"resuming after {crashed['after']} ({crashed['repositories_done']} repositories done)" in out
+    resumed = await _backfill(live, region)
+    assert resumed["state"] == "done"
+    assert resumed["started_at"] == crashed["started_at"], "the same run, resumed, not a new one"
+    assert resumed["repositories_done"] == resumed["repositories_total"]
