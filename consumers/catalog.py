@@ -61,7 +61,13 @@ class CompactedView(Generic[V]):
         self._consumer = consumer
         try:
             while not stop.is_set():
-                batch = await unless_stopped(consumer.getmany(timeout_ms=_POLL_MS), stop)
+                try:
+                    batch = await unless_stopped(consumer.getmany(timeout_ms=_POLL_MS), stop)
+                except KafkaError as exc:
+                    # The consumer reconnects by itself; keep serving what is known meanwhile.
+                    log.warning("catalog.poll_failed", topic=self.topic, error=str(exc))
+                    await unless_stopped(asyncio.sleep(1.0), stop)
+                    continue
                 async with self._changed:
                     for tp, messages in (batch or {}).items():
                         for message in messages:

@@ -25,7 +25,7 @@ from engine.names import Repository, Tag
 from engine.replicas import ReplicaDefinition
 from engine.settings import Settings
 from georep.runtime import unless_stopped
-from producers.backfill import Backfill, Checkpoint, State, checkpoint_view
+from producers.backfill import Backfill, Checkpoint, State, checkpoint_view, current_checkpoint
 from producers.kafka import KafkaUnavailable, Publisher
 from producers.replicas import ReplicaAdmin
 
@@ -77,8 +77,9 @@ class Control:
                 break
             except CatalogUnavailable as exc:  # Kafka not there yet
                 log.warning("control.catalog_unavailable", error=str(exc))
-        for region, checkpoint in self.checkpoints.values.items():
-            if checkpoint.state is State.RUNNING and region in self.replicas.values:
+        for region in self.replicas.values:
+            checkpoint = self.checkpoint(region)
+            if checkpoint is not None and checkpoint.state is State.RUNNING:
                 self.start_backfill(region)
 
     # -- replicas -----------------------------------------------------------------------------
@@ -107,7 +108,7 @@ class Control:
         while not self._stop.is_set() and (replica := self.replicas.values.get(region)) is not None:
             try:
                 await self.checkpoints.caught_up()
-                resume = self.checkpoints.values.get(region)
+                resume = self.checkpoint(region)
                 await Backfill(self.settings.kafka, self.primary, self.publisher, region, replica).run(resume)
                 return
             except (GeorepError, KafkaUnavailable) as exc:
@@ -122,14 +123,16 @@ class Control:
 
     async def status(self) -> dict[str, Any]:
         regions = [
-            await region_status(region, self.store, self.lag, self.checkpoints.values.get(region))
-            for region in self.regions()
+            await region_status(region, self.store, self.lag, self.checkpoint(region)) for region in self.regions()
         ]
         return {"regions": regions}
 
+    def checkpoint(self, region: str) -> Checkpoint | None:
+        """The backfill checkpoint of the region's current replica; one left by a deleted replica is not."""
+        return current_checkpoint(self.checkpoints.values.get(region), self.replicas.values.get(region))
+
     async def backfill(self, region: str) -> dict[str, Any] | None:
-        checkpoint: Checkpoint | None = self.checkpoints.values.get(region)
-        return await backfill_status(region, self.store, checkpoint)
+        return await backfill_status(region, self.store, self.checkpoint(region))
 
     async def image(self, repository: Repository, tag: Tag | None, digest: Digest | None) -> dict[str, Any]:
         wanted: str | None = None if digest is None else str(digest)

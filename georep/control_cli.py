@@ -208,7 +208,7 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> int:
     """Walk the primary for one region here, resuming its checkpoint; `--dry-run` only lists."""
     from consumers.catalog import following, replica_view
     from consumers.registry import RegistryClient
-    from producers.backfill import Backfill, Checkpoint, checkpoint_view
+    from producers.backfill import Backfill, Checkpoint, checkpoint_view, current_checkpoint
     from producers.kafka import Publisher
 
     async with following(replica_view(settings.kafka, "backfill-cli")) as catalog:
@@ -219,7 +219,7 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 1
     async with following(checkpoint_view(settings.kafka, "backfill-cli")) as checkpoints:
-        resume = None if args.dry_run else checkpoints.values.get(args.region)
+        resume = None if args.dry_run else current_checkpoint(checkpoints.values.get(args.region), replica)
     publisher = None if args.dry_run else Publisher(settings.kafka, "backfill-cli")
     columns = (TextColumn("walk"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"))
     try:

@@ -72,6 +72,13 @@ class Checkpoint(Message):
     error: str | None = None
 
 
+def current_checkpoint(checkpoint: Checkpoint | None, replica: ReplicaDefinition | None) -> Checkpoint | None:
+    """`checkpoint`, unless it was left by an earlier replica of the same region (deleted, then created again)."""
+    if checkpoint is None or (replica is not None and checkpoint.started_at < replica.created_at):
+        return None
+    return checkpoint
+
+
 def checkpoint_view(kafka: KafkaSettings, role: str) -> CompactedView[Checkpoint]:
     return CompactedView(kafka, kafka.backfill_topic, Checkpoint.from_json, role)
 

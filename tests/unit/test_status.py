@@ -15,7 +15,7 @@ from engine.errors import InvalidEvent
 from engine.events import Action, ReplicationRecord, Status
 from engine.names import Repository, Tag
 from engine.replicas import ReplicaDefinition
-from producers.backfill import Checkpoint, State
+from producers.backfill import Checkpoint, State, current_checkpoint
 
 REPO = Repository.parse("team/app")
 TAG = Tag.parse("v1")
@@ -103,3 +103,16 @@ def test_checkpoint_survives_the_topic() -> None:
 def test_an_unreadable_checkpoint_is_an_invalid_event(raw: bytes) -> None:
     with pytest.raises(InvalidEvent):
         Checkpoint.from_json(raw)
+
+
+def test_a_checkpoint_left_by_a_deleted_replica_is_not_resumed() -> None:
+    replica = ReplicaDefinition.parse({
+        "region": "us-oregon", "endpoint": "http://s3", "bucket": "bucket", "credentials_ref": "env:K",
+        "created_at": T0.isoformat(),
+    })  # fmt: skip
+    old = Checkpoint(region="us-oregon", started_at=T0 - timedelta(days=1), after="a/b")
+    new = Checkpoint(region="us-oregon", started_at=T0 + timedelta(seconds=1), after="c/d")
+    assert current_checkpoint(old, replica) is None
+    assert current_checkpoint(new, replica) == new
+    assert current_checkpoint(old, None) == old, "a pinned region has no creation time to compare"
+    assert current_checkpoint(None, replica) is None
