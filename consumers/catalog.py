@@ -18,7 +18,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from engine.errors import InvalidEvent
+from engine.errors import GeorepError, InvalidEvent
 from engine.replicas import ReplicaDefinition
 from engine.settings import KafkaSettings
 from georep.runtime import retry_until_stopped, unless_stopped
@@ -29,8 +29,11 @@ V = TypeVar("V")
 _POLL_MS: Final = 500
 
 
-class CatalogUnavailable(Exception):
+class CatalogUnavailable(GeorepError):
     """Kafka did not answer in time: the caller cannot know which replicas exist."""
+
+    retriable = True
+    reason = "kafka-unavailable"
 
 
 class CompactedView(Generic[V]):
