@@ -96,11 +96,13 @@ class Control:
             task.cancel()
         return await self.admin.delete(region)
 
-    def start_backfill(self, region: str) -> None:
+    def start_backfill(self, region: str) -> bool:
+        """Start (or resume) the region's backfill here; False if one is running already."""
         running = self._backfills.get(region)
         if running is not None and not running.done():
-            return
+            return False
         self._backfills[region] = asyncio.create_task(self._backfill(region), name=f"backfill-{region}")
+        return True
 
     async def _backfill(self, region: str) -> None:
         """Run until done, resuming from the checkpoint after each failure; stop if the replica goes."""

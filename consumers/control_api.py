@@ -5,6 +5,7 @@
     GET    /replicas/{region}             {"replica": definition, "backfill": progress | null}
     DELETE /replicas/{region}             {"deleted": definition}
     GET    /replicas/{region}/backfill    backfill progress: walk checkpoint and replicated counts
+    POST   /replicas/{region}/backfill    run the backfill again (or resume one left running) -> 202
     GET    /status                        per region: lag, oldest pending event, totals, latency, backfill
     GET    /status/image?image=REPO:TAG   per region: replicated, in progress, failed (why), not replicated
 
@@ -54,11 +55,14 @@ def parse_image(text: str) -> tuple[Repository, Tag | None, Digest | None]:
     return Repository.parse(name), Tag.parse(tag or "latest"), None
 
 
-def add_control_routes(app: web.Application, control: Control) -> None:
-    async def list_replicas(_: web.Request) -> web.Response:
-        return _json({"replicas": [_replica(d) for _, d in sorted(control.replicas.values.items())]})
+class _Routes:
+    def __init__(self, control: Control) -> None:
+        self.control = control
 
-    async def create(request: web.Request) -> web.Response:
+    async def list_replicas(self, _: web.Request) -> web.Response:
+        return _json({"replicas": [_replica(d) for _, d in sorted(self.control.replicas.values.items())]})
+
+    async def create(self, request: web.Request) -> web.Response:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
@@ -71,7 +75,7 @@ def add_control_routes(app: web.Application, control: Control) -> None:
             return _error("invalid-body", "backfill must be true or false", 400)
         try:
             definition = ReplicaDefinition.parse(body)
-            created = await control.create(definition, backfill=backfill)
+            created = await self.control.create(definition, backfill=backfill)
         except ReplicaRefused as exc:
             return _error("replica-refused", str(exc), exc.status, rule=exc.rule)
         except InvalidInput as exc:
@@ -80,19 +84,19 @@ def add_control_routes(app: web.Application, control: Control) -> None:
             return _error("kafka-unavailable", str(exc), 503)
         return _json({"replica": _replica(created), "backfill": "started" if backfill else "off"}, status=201)
 
-    async def show(request: web.Request) -> web.Response:
+    async def show(self, request: web.Request) -> web.Response:
         region = request.match_info["region"]
-        definition = control.replicas.values.get(region)
+        definition = self.control.replicas.values.get(region)
         if definition is None:
-            known = ", ".join(sorted(control.replicas.values)) or "none"
+            known = ", ".join(sorted(self.control.replicas.values)) or "none"
             return _error("unknown-replica", f"no replica in {region} (replicas: {known})", 404)
-        return _json({"replica": _replica(definition), "backfill": await control.backfill(region)})
+        return _json({"replica": _replica(definition), "backfill": await self.control.backfill(region)})
 
-    async def delete(request: web.Request) -> web.Response:
+    async def delete(self, request: web.Request) -> web.Response:
         region = request.match_info["region"]
         try:
             parse_region(region)
-            gone = await control.delete(region)
+            gone = await self.control.delete(region)
         except ReplicaRefused as exc:
             return _error("replica-refused", str(exc), exc.status, rule=exc.rule)
         except InvalidInput as exc:
@@ -101,28 +105,40 @@ def add_control_routes(app: web.Application, control: Control) -> None:
             return _error("kafka-unavailable", str(exc), 503)
         return _json({"deleted": _replica(gone)})
 
-    async def backfill(request: web.Request) -> web.Response:
+    async def backfill(self, request: web.Request) -> web.Response:
         region = request.match_info["region"]
-        progress = await control.backfill(region)
+        progress = await self.control.backfill(region)
         if progress is None:
             return _error("no-backfill", f"no backfill has run for {region}", 404)
         return _json(progress)
 
-    async def status(_: web.Request) -> web.Response:
-        return _json(await control.status())
+    async def rerun(self, request: web.Request) -> web.Response:
+        region = request.match_info["region"]
+        if region not in self.control.replicas.values:
+            return _error("unknown-replica", f"no replica in {region}", 404)
+        if not self.control.start_backfill(region):
+            return _error("backfill-running", f"a backfill of {region} is running already", 409)
+        return _json({"backfill": "started"}, status=202)
 
-    async def image(request: web.Request) -> web.Response:
+    async def status(self, _: web.Request) -> web.Response:
+        return _json(await self.control.status())
+
+    async def image(self, request: web.Request) -> web.Response:
         text = request.query.get("image", "")
         try:
             repository, tag, digest = parse_image(text)
         except InvalidInput as exc:
             return _error("invalid-image", f"image {text[:300]!r}: {exc}; expected repo:tag or repo@digest", 400)
-        return _json(await control.image(repository, tag, digest))
+        return _json(await self.control.image(repository, tag, digest))
 
-    app.router.add_get("/replicas", list_replicas)
-    app.router.add_post("/replicas", create)
-    app.router.add_get("/replicas/{region}", show)
-    app.router.add_delete("/replicas/{region}", delete)
-    app.router.add_get("/replicas/{region}/backfill", backfill)
-    app.router.add_get("/status", status)
-    app.router.add_get("/status/image", image)
+
+def add_control_routes(app: web.Application, control: Control) -> None:
+    routes = _Routes(control)
+    app.router.add_get("/replicas", routes.list_replicas)
+    app.router.add_post("/replicas", routes.create)
+    app.router.add_get("/replicas/{region}", routes.show)
+    app.router.add_delete("/replicas/{region}", routes.delete)
+    app.router.add_get("/replicas/{region}/backfill", routes.backfill)
+    app.router.add_post("/replicas/{region}/backfill", routes.rerun)
+    app.router.add_get("/status", routes.status)
+    app.router.add_get("/status/image", routes.image)

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from deploy.local import stack
 from tests.bench.pusher import Layer, Pusher
 from tests.integration.conftest import Stack, run_georep
 from tests.waiting import until
@@ -94,6 +95,7 @@ async def test_backfill_during_live_pushes_then_resumes_after_a_crash(live: Stac
             assert await _backfill(live, oregon.name) == progress, "a dry run writes no checkpoint"
 
             await _crash_and_resume(live, oregon.name)
+            await _api_killed_and_restarted(live, oregon.name)
 
 
 async def _crash_and_resume(live: Stack, region: str) -> None:
@@ -123,4 +125,27 @@ async def _crash_and_resume(live: Stack, region: str) -> None:
     resumed = await _backfill(live, region)
     assert resumed["state"] == "done"
     assert resumed["started_at"] == crashed["started_at"], "the same run, resumed, not a new one"
+    assert resumed["repositories_done"] == resumed["repositories_total"]
+
+
+async def _api_killed_and_restarted(live: Stack, region: str) -> None:
+    """The API runs backfills too; SIGKILLed partway, it resumes the run when it starts again."""
+    status, body = await live.api("POST", f"/replicas/{region}/backfill")
+    assert status == 202, body
+
+    async def partway() -> dict[str, Any] | None:
+        progress = await _backfill(live, region)
+        return progress if progress["state"] == "running" and progress["repositories_done"] >= 5 else None
+
+    crashed = await until(partway, "the API's backfill to be partway", 60)
+    stack.stop(live.root, "logstore", signal.SIGKILL)
+    stack.restart(live.root, "logstore")
+    await stack.wait_up(live.root, "logstore")
+
+    async def done() -> dict[str, Any] | None:
+        progress = await _backfill(live, region)
+        return progress if progress["state"] == "done" else None
+
+    resumed = await until(done, "the restarted API to finish the backfill", 60)
+    assert resumed["started_at"] == crashed["started_at"], "resumed, not started again"
     assert resumed["repositories_done"] == resumed["repositories_total"]
