@@ -9,6 +9,8 @@
     GET    /status                        per region: lag, oldest pending event, totals, latency, backfill
     GET    /status/image?image=REPO:TAG   per region: replicated, in progress, failed (why), not replicated
 
+Changes (POST, DELETE) need `Authorization: Bearer <logstore.api_token>`:
+401 without it, 403 if no token is configured (changes are then off).
 Refusals carry `{"error", "reason"}` (and `rule` for a replica rule): 400 for a
 bad request, 404 for an unknown replica, 409 for a conflict (exists already,
 primary still in use), 422 for a rule, 503 when Kafka cannot be reached.
@@ -16,21 +18,25 @@ primary still in use), 422 for a rule, 503 when Kafka cannot be reached.
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
+from pydantic import SecretStr
 
 from consumers.catalog import CatalogUnavailable
 from consumers.control import Control
 from engine.digest import Digest
-from engine.errors import InvalidInput
+from engine.errors import InvalidInput, UpstreamUnavailable
 from engine.names import Repository, Tag, parse_region
 from engine.replicas import ReplicaDefinition, ReplicaRefused
 from producers.kafka import KafkaUnavailable
 
 log = structlog.get_logger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -56,8 +62,21 @@ def parse_image(text: str) -> tuple[Repository, Tag | None, Digest | None]:
 
 
 class _Routes:
-    def __init__(self, control: Control) -> None:
+    def __init__(self, control: Control, token: SecretStr | None) -> None:
         self.control = control
+        self._token = token.get_secret_value().encode() if token and token.get_secret_value() else None
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Replica changes need the API token; reading (logs, replicas, status) does not."""
+        if request.method in ("GET", "HEAD") or not request.path.startswith("/replicas"):
+            return await handler(request)
+        if self._token is None:
+            return _error("changes-disabled", "replica changes are off: set logstore.api_token to allow them", 403)
+        presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip().encode()
+        if not hmac.compare_digest(presented, self._token):
+            return _error("unauthorized", "missing or wrong bearer token (logstore.api_token)", 401)
+        return await handler(request)
 
     async def list_replicas(self, _: web.Request) -> web.Response:
         return _json({"replicas": [_replica(d) for _, d in sorted(self.control.replicas.values.items())]})
@@ -129,11 +148,15 @@ class _Routes:
             repository, tag, digest = parse_image(text)
         except InvalidInput as exc:
             return _error("invalid-image", f"image {text[:300]!r}: {exc}; expected repo:tag or repo@digest", 400)
-        return _json(await self.control.image(repository, tag, digest))
+        try:
+            return _json(await self.control.image(repository, tag, digest))
+        except UpstreamUnavailable as exc:
+            return _error("primary-unavailable", f"cannot ask the primary what {text[:300]} is: {exc}", 503)
 
 
-def add_control_routes(app: web.Application, control: Control) -> None:
-    routes = _Routes(control)
+def add_control_routes(app: web.Application, control: Control, token: SecretStr | None) -> None:
+    routes = _Routes(control, token)
+    app.middlewares.append(routes.guard)
     app.router.add_get("/replicas", routes.list_replicas)
     app.router.add_post("/replicas", routes.create)
     app.router.add_get("/replicas/{region}", routes.show)

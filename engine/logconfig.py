@@ -31,7 +31,11 @@ def register_secrets(values: Iterable[SecretStr | str | None]) -> None:
 
 
 def settings_secrets(settings: Settings) -> list[SecretStr | str | None]:
-    values: list[SecretStr | str | None] = [settings.primary.password, settings.webhook.token]
+    values: list[SecretStr | str | None] = [
+        settings.primary.password,
+        settings.webhook.token,
+        settings.logstore.api_token,
+    ]
     values += [region.secret_key for region in settings.regions.values()]
     return values
 

@@ -153,8 +153,10 @@ class LogStoreSettings(_Part):
     path: Path = Path("georep-log.sqlite3")
     host: str = "127.0.0.1"
     port: int = Field(8620, ge=0, le=65535)
-    #: where `georep logs` finds the log store
+    #: where `georep logs`, `georep replicas` and `georep status` find the georep API
     url: str = "http://127.0.0.1:8620"
+    #: the bearer token replica changes (POST, DELETE) need; unset, the API refuses them
+    api_token: SecretStr | None = None
 
     _check_url = field_validator("url")(_http_url)
 

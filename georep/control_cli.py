@@ -37,10 +37,12 @@ class ApiError(Exception):
 
 async def _call(settings: Settings, method: str, path: str, body: Any = None, **params: str) -> Any:
     url = settings.logstore.url + path
+    token = settings.logstore.api_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
-            session.request(method, url, json=body, params=params or None) as response,
+            session.request(method, url, json=body, params=params or None, headers=headers) as response,
         ):
             status, raw = response.status, await response.read()
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -58,7 +58,7 @@ async def serve_logstore(settings: Settings, stop: asyncio.Event) -> None:
     async with LogStore(settings.logstore.path) as store, RegistryClient.session(settings.primary) as session:
         control = Control(settings, store, RegistryClient(settings.primary, session))
         app = build_app(store)
-        add_control_routes(app, control)
+        add_control_routes(app, control, settings.logstore.api_token)
         runner = await start_http(app, settings.logstore.host, settings.logstore.port)
         try:
             await asyncio.gather(consume(settings.kafka, store, stop), control.run(stop))

@@ -51,6 +51,7 @@ class StackSpec:
     # Local development credentials only, regenerated for every stack.
     webhook_token: str
     http_secret: str
+    api_token: str
     host: str = "127.0.0.1"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -205,6 +206,7 @@ def georep_toml(spec: StackSpec) -> Path:
         f"host = {q(spec.host)}",
         f"port = {spec.ports.logstore}",
         f"url = {q(spec.url(spec.ports.logstore))}",
+        f"api_token = {q(spec.api_token)}",
     ]
     lines += [
         "",

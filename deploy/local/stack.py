@@ -277,6 +277,7 @@ def make_spec(root: Path, port_base: int, regions: list[str]) -> StackSpec:
         regions=specs,
         webhook_token=secrets.token_urlsafe(24),
         http_secret=secrets.token_urlsafe(24),
+        api_token=secrets.token_urlsafe(24),
     )
 
 
@@ -390,7 +391,7 @@ async def _up(launcher: Launcher, timeout_s: float) -> None:
     # Regions are replicas like any other: created through the API, which writes them to Kafka.
     probes: list[Awaitable[None]] = []
     for region in spec.regions:
-        replica = await _create_replica(spec.url(spec.ports.logstore), configs.replica_request(spec, region))
+        replica = await _create_replica(spec, configs.replica_request(spec, region))
         keys = {ACCESS_KEY_ENV: region.access_key, SECRET_KEY_ENV: region.secret_key}
         config = configs.region_registry(spec, replica)
         launcher.start(f"registry-{region.name}", [registry, "serve", str(config)], keys)
@@ -404,8 +405,10 @@ async def _up(launcher: Launcher, timeout_s: float) -> None:
     await asyncio.gather(*probes)
 
 
-async def _create_replica(api: str, request: dict[str, Any]) -> ReplicaDefinition:
-    async with aiohttp.ClientSession() as session, session.post(f"{api}/replicas", json=request) as response:
+async def _create_replica(spec: StackSpec, request: dict[str, Any]) -> ReplicaDefinition:
+    url = spec.url(spec.ports.logstore) + "/replicas"
+    headers = {"Authorization": f"Bearer {spec.api_token}"}
+    async with aiohttp.ClientSession() as session, session.post(url, json=request, headers=headers) as response:
         body = await response.json()
         if response.status != 201:
             raise StackError(f"creating replica {request['region']} failed: HTTP {response.status} {body}")
@@ -420,6 +423,7 @@ def _write(spec: StackSpec, launcher: Launcher) -> dict[str, Any]:
         "webhook": spec.webhook_url,
         "harbor_webhook": spec.harbor_webhook_url,
         "webhook_token": spec.webhook_token,
+        "api_token": spec.api_token,
         "logs": spec.url(spec.ports.logstore),
         "config": str(spec.root / "georep.toml"),
         "port_base": spec.ports.base,

@@ -114,12 +114,13 @@ class Stack(stack.Running):
         return {r["region"]: r for r in found if r["status"] == "succeeded"}
 
     async def api(self, method: str, path: str, body: Any = None, **params: str) -> tuple[int, Any]:
-        """Call the georep API: (HTTP status, JSON body)."""
+        """Call the georep API as an operator (with the API token): (HTTP status, JSON body)."""
+        headers = {"Authorization": f"Bearer {self.info['api_token']}"}
         async with (
             aiohttp.ClientSession() as session,
-            session.request(method, self.info["logs"] + path, json=body, params=params or None) as response,
+            session.request(method, self.info["logs"] + path, json=body, params=params or None, headers=headers) as r,
         ):
-            return response.status, await response.json()
+            return r.status, await r.json()
 
     @asynccontextmanager
     async def extra_region(self, name: str, slot: int, **options: Any) -> AsyncIterator[ExtraRegion]:

@@ -55,6 +55,14 @@ async def test_every_rule_refuses_with_its_message_from_the_cli_and_over_http(li
     assert status == 400
     assert "must reference the keys" in answer["reason"]
 
+    # Changes need the API token; reading does not.
+    async with aiohttp.ClientSession() as session:
+        async with session.delete(f"{live.info['logs']}/replicas/ap-singapore") as anonymous:
+            assert anonymous.status == 401
+            assert "missing or wrong bearer token" in (await anonymous.json())["reason"]
+        async with session.get(f"{live.info['logs']}/replicas") as listing:
+            assert listing.status == 200
+
     code, out, _ = await run_georep(live, "replicas", "list", "--json")
     assert code == 0
     listed = json.loads(out)["replicas"]

@@ -1,0 +1,116 @@
+"""The control plane's HTTP side: who may change replicas, and how a bad request is answered.
+
+The real app and a real SQLite store; Kafka is never reached, because every
+request here is answered before a replica change would need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+
+from consumers.control import Control
+from consumers.control_api import add_control_routes
+from consumers.logstore import LogStore
+from consumers.logstore.api import build_app
+from consumers.registry import RegistryClient
+from engine.settings import KafkaSettings, PrimarySettings, Settings
+
+TOKEN = "operator-token-123456"
+
+
+async def _client(tmp_path: Path, token: str | None) -> AsyncIterator[TestClient[Any, Any]]:
+    # Nothing listens on port 9: a request that reached Kafka or the primary would fail at once.
+    settings = Settings(
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9", request_timeout_ms=1000),
+        primary=PrimarySettings(url="http://127.0.0.1:9", timeout_s=2),
+    )
+    async with LogStore(tmp_path / "log.sqlite3") as store, RegistryClient.session(settings.primary) as session:
+        app = build_app(store)
+        control = Control(settings, store, RegistryClient(settings.primary, session))
+        add_control_routes(app, control, SecretStr(token) if token else None)
+        async with TestClient(TestServer(app)) as client:
+            yield client
+
+
+@pytest.fixture
+async def guarded(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    async for client in _client(tmp_path, TOKEN):
+        yield client
+
+
+@pytest.fixture
+async def tokenless(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    async for client in _client(tmp_path, None):
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/replicas"), ("DELETE", "/replicas/eu-frankfurt"), ("POST", "/replicas/eu-frankfurt/backfill")],
+)
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token", TOKEN[:-1], f"Basic {TOKEN}"])
+async def test_changes_without_the_token_are_401(
+    guarded: TestClient[Any, Any], method: str, path: str, header: str | None
+) -> None:
+    headers = {"Authorization": header} if header else {}
+    async with guarded.request(method, path, json={"region": "x"}, headers=headers) as response:
+        assert response.status == 401
+        body = await response.json()
+    assert body == {"error": "unauthorized", "reason": "missing or wrong bearer token (logstore.api_token)"}
+
+
+async def test_without_a_configured_token_changes_are_off(tokenless: TestClient[Any, Any]) -> None:
+    async with tokenless.post("/replicas", json={}, headers={"Authorization": "Bearer anything"}) as response:
+        assert response.status == 403
+        assert "set logstore.api_token" in (await response.json())["reason"]
+
+
+async def test_reading_needs_no_token(guarded: TestClient[Any, Any]) -> None:
+    async with guarded.get("/replicas") as response:
+        assert response.status == 200
+        assert await response.json() == {"replicas": []}
+    async with guarded.get("/replicas/eu-frankfurt") as response:
+        assert response.status == 404
+        assert (await response.json())["error"] == "unknown-replica"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "body is not JSON"),
+        (b"[1, 2]", "body must be a JSON object"),
+        (b'{"backfill": "yes"}', "backfill must be true or false"),
+        (b'{"region": "eu-frankfurt", "endpoint": "ftp://x", "bucket": "abc", "credentials_ref": "env:K"}', "http://"),
+        (b'{"region": "eu-frankfurt", "endpoint": "http://x", "bucket": "abc", "credentials_ref": "sk"}', "reference"),
+    ],
+)
+async def test_a_bad_replica_request_is_400_and_says_why(
+    guarded: TestClient[Any, Any], body: bytes, reason: str
+) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    async with guarded.post("/replicas", data=body, headers=headers) as response:
+        assert response.status == 400
+        answer = await response.json()
+    assert reason in answer["reason"]
+
+
+@pytest.mark.parametrize("image", ["team/app:-tag", "../etc:v1", "team/app@sha256:short", "Team/App"])
+async def test_an_image_that_is_no_image_is_400(guarded: TestClient[Any, Any], image: str) -> None:
+    async with guarded.get("/status/image", params={"image": image}) as response:
+        assert response.status == 400
+        assert "expected repo:tag or repo@digest" in (await response.json())["reason"]
+
+
+async def test_image_status_without_the_primary_is_503_and_says_so(guarded: TestClient[Any, Any]) -> None:
+    # Nothing answers at the settings' primary (port 9, discard).
+    async with guarded.get("/status/image", params={"image": "team/app:v1"}) as response:
+        assert response.status == 503
+        body = await response.json()
+    assert body["error"] == "primary-unavailable"
+    assert "primary registry unreachable" in body["reason"]
