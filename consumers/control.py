@@ -25,7 +25,7 @@ from engine.names import Repository, Tag
 from engine.replicas import ReplicaDefinition
 from engine.settings import Settings
 from georep.runtime import unless_stopped
-from producers.backfill import Backfill, Checkpoint, State, checkpoint_view, current_checkpoint
+from producers.backfill import Backfill, Checkpoint, checkpoint_view, current_checkpoint
 from producers.kafka import KafkaUnavailable, Publisher
 from producers.replicas import ReplicaAdmin
 
@@ -79,7 +79,7 @@ class Control:
                 log.warning("control.catalog_unavailable", error=str(exc))
         for region in self.replicas.values:
             checkpoint = self.checkpoint(region)
-            if checkpoint is not None and checkpoint.state is State.RUNNING:
+            if checkpoint is not None and checkpoint.unfinished:
                 self.start_backfill(region)
 
     # -- replicas -----------------------------------------------------------------------------

@@ -237,7 +237,7 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> int:
                     bars.update(bar, total=c.repositories_total or None, completed=c.repositories_done,
                                 extra=f"{c.tags_published} tags, {decimal(c.bytes_published)}")  # fmt: skip
 
-                if resume is not None and resume.state == "running" and not args.json:
+                if resume is not None and resume.unfinished and not args.json:
                     print(f"resuming after {resume.after} ({resume.repositories_done} repositories done)")
                 done = await job.run(resume, show)
     finally:

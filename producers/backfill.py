@@ -71,6 +71,11 @@ class Checkpoint(Message):
     tags_skipped: int = 0
     error: str | None = None
 
+    @property
+    def unfinished(self) -> bool:
+        """Running (or crashed while running), or failed: the next run resumes it."""
+        return self.state is not State.DONE
+
 
 def current_checkpoint(checkpoint: Checkpoint | None, replica: ReplicaDefinition | None) -> Checkpoint | None:
     """`checkpoint`, unless it was left by an earlier replica of the same region (deleted, then created again)."""
@@ -96,7 +101,7 @@ Progress = Callable[[Checkpoint], Awaitable[None] | None]
 
 
 class Backfill:
-    """One region's backfill. `run()` resumes a checkpoint left `running`, or starts afresh."""
+    """One region's backfill. `run()` resumes an unfinished checkpoint, or starts afresh."""
 
     def __init__(
         self,
@@ -120,10 +125,11 @@ class Backfill:
         self.planned: list[Planned] = []
 
     async def run(self, resume: Checkpoint | None, progress: Progress | None = None) -> Checkpoint:
-        start = resume if resume is not None and resume.state is State.RUNNING else None
-        checkpoint = start or Checkpoint(region=self.region)
+        start = resume if resume is not None and resume.unfinished else None
+        checkpoint = Checkpoint(region=self.region)
         if start is not None:
             log.info("backfill.resuming", region=self.region, after=start.after, done=start.repositories_done)
+            checkpoint = start.model_copy(update={"state": State.RUNNING, "error": None})
         try:
             repositories = [r async for r in self._primary.catalog(self._page_size)]
             repositories.sort(key=lambda r: r.name)

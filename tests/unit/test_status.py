@@ -116,3 +116,9 @@ def test_a_checkpoint_left_by_a_deleted_replica_is_not_resumed() -> None:
     assert current_checkpoint(new, replica) == new
     assert current_checkpoint(old, None) == old, "a pinned region has no creation time to compare"
     assert current_checkpoint(None, replica) is None
+
+
+def test_a_running_or_failed_checkpoint_is_unfinished() -> None:
+    assert Checkpoint(region="r", state=State.RUNNING).unfinished
+    assert Checkpoint(region="r", state=State.FAILED, error="primary unreachable").unfinished
+    assert not Checkpoint(region="r", state=State.DONE).unfinished
