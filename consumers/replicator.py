@@ -371,25 +371,24 @@ async def serve_replicator(settings: Settings, region: str, stop: asyncio.Event)
     replicas topic, so a replicator may be deployed before its replica is
     created; deleting the replica stops it (after draining, offsets committed).
     """
+    if region in settings.regions:
+        await _serve(settings, region, settings.region(region), lambda: None, stop)
+        return
     catalog = replica_view(settings.kafka, f"replicator-{region}")
     following = asyncio.create_task(catalog.run(stop), name="replica-catalog")
     try:
-        if region in settings.regions:
-            await _serve(settings, region, settings.region(region), lambda: None, stop)
-            return
         log.info("replicator.waiting_for_replica", region=region, topic=settings.kafka.replicas_topic)
         if not await catalog.wait_for(lambda replicas: region in replicas, stop):
             return
         done = asyncio.Event()
         watcher = asyncio.create_task(_until_deleted(catalog, region, stop, done), name="replica-watch")
         try:
-            await _serve(
-                settings, region, region_settings(catalog.values[region]), lambda: catalog.values.get(region), done
-            )
+            bucket = region_settings(catalog.values[region])
+            await _serve(settings, region, bucket, lambda: catalog.values.get(region), done)
         finally:
             watcher.cancel()
     finally:
-        stop.set()
+        stop.set()  # the process ends either way (SIGTERM, or its replica deleted): stop following the catalog
         await following
 
 

@@ -58,7 +58,9 @@ class EventsLag:
 
     def __init__(self, kafka: KafkaSettings) -> None:
         self._kafka = kafka
+        # Both made on first use and kept: status is asked every few seconds.
         self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
         self._lock = asyncio.Lock()
 
     async def _reader(self) -> AIOKafkaConsumer:
@@ -74,6 +76,10 @@ class EventsLag:
             with contextlib.suppress(KafkaError, OSError):
                 await self._consumer.stop()
             self._consumer = None
+        if self._admin is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                await self._admin.close()
+            self._admin = None
 
     async def region(self, region: str) -> tuple[int, float | None]:
         """(events not yet committed by the region's group, age in seconds of the oldest of them)."""
@@ -97,17 +103,17 @@ class EventsLag:
             return lag, age
 
     async def _committed(self, region: str) -> dict[TopicPartition, int]:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self._kafka.bootstrap_servers, request_timeout_ms=self._kafka.request_timeout_ms
-        )
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(group_id(region))
-        finally:
-            await admin.close()
-        return {
-            tp: meta.offset for tp, meta in offsets.items() if tp.topic == self._kafka.events_topic and meta.offset >= 0
-        }
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self._kafka.bootstrap_servers,
+                client_id=f"{self._kafka.client_id}-status",
+                request_timeout_ms=self._kafka.request_timeout_ms,
+            )
+            await admin.start()
+            self._admin = admin
+        offsets = await self._admin.list_consumer_group_offsets(group_id(region))
+        topic = self._kafka.events_topic
+        return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
 
     @staticmethod
     async def _event_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> ReplicationEvent | None:
