@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aioboto3
 import aiohttp
 import pytest
 
@@ -128,8 +129,11 @@ class Stack(stack.Running):
         replicator and a read-only registry started from `georep replicas registry-config`; deleted after."""
         base = self.regions["ap-singapore"]
         bucket = f"georep-{name}"
-        async with self.region_store("ap-singapore") as store:
-            await store._s3.create_bucket(Bucket=bucket)
+        async with aioboto3.Session().client(
+            "s3", endpoint_url=base["s3"], aws_access_key_id=base["access_key"],
+            aws_secret_access_key=base["secret_key"], region_name="us-east-1",
+        ) as s3:  # fmt: skip
+            await s3.create_bucket(Bucket=bucket)
         keys = self.root / "credentials" / f"{name}.json"
         keys.write_text(json.dumps({"access_key": base["access_key"], "secret_key": base["secret_key"]}))
         registry = f"127.0.0.1:{PORT_BASE + 60 + slot}"
