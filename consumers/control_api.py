@@ -52,6 +52,19 @@ def _replica(definition: ReplicaDefinition) -> dict[str, Any]:
     return definition.model_dump(mode="json", by_alias=True)
 
 
+#: what a replica change can fail with, each answered by `_refused`
+_REFUSALS = (InvalidInput, KafkaUnavailable, CatalogUnavailable)
+
+
+def _refused(exc: Exception, invalid: str) -> web.Response:
+    """A rule's refusal (its status and name), a bad request (400, as `invalid`), or Kafka out of reach (503)."""
+    if isinstance(exc, ReplicaRefused):
+        return _error("replica-refused", str(exc), exc.status, rule=exc.rule)
+    if isinstance(exc, InvalidInput):
+        return _error(invalid, str(exc), 400)
+    return _error("kafka-unavailable", str(exc), 503)
+
+
 def parse_image(text: str) -> tuple[Repository, Tag | None, Digest | None]:
     """`repo:tag` or `repo@sha256:…` (a bare `repo` means `repo:latest`)."""
     if "@" in text:
@@ -95,12 +108,8 @@ class _Routes:
         try:
             definition = ReplicaDefinition.parse(body)
             created = await self.control.create(definition, backfill=backfill)
-        except ReplicaRefused as exc:
-            return _error("replica-refused", str(exc), exc.status, rule=exc.rule)
-        except InvalidInput as exc:
-            return _error("invalid-replica", str(exc), 400)
-        except (KafkaUnavailable, CatalogUnavailable) as exc:
-            return _error("kafka-unavailable", str(exc), 503)
+        except _REFUSALS as exc:
+            return _refused(exc, "invalid-replica")
         return _json({"replica": _replica(created), "backfill": "started" if backfill else "off"}, status=201)
 
     async def show(self, request: web.Request) -> web.Response:
@@ -116,12 +125,8 @@ class _Routes:
         try:
             parse_region(region)
             gone = await self.control.delete(region)
-        except ReplicaRefused as exc:
-            return _error("replica-refused", str(exc), exc.status, rule=exc.rule)
-        except InvalidInput as exc:
-            return _error("invalid-region", str(exc), 400)
-        except (KafkaUnavailable, CatalogUnavailable) as exc:
-            return _error("kafka-unavailable", str(exc), 503)
+        except _REFUSALS as exc:
+            return _refused(exc, "invalid-region")
         return _json({"deleted": _replica(gone)})
 
     async def backfill(self, request: web.Request) -> web.Response:

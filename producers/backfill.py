@@ -122,6 +122,7 @@ class Backfill:
         self.region = region
         self._page_size = page_size
         self._seen_blobs: set[str] = set()
+        #: what a dry run would publish; a real run keeps nothing per tag (a registry may hold millions)
         self.planned: list[Planned] = []
 
     async def run(self, resume: Checkpoint | None, progress: Progress | None = None) -> Checkpoint:
@@ -137,10 +138,12 @@ class Backfill:
             for repository in repositories:
                 if checkpoint.after is not None and repository.name <= checkpoint.after:
                     continue
-                before = len(self.planned)
-                events, skipped = await self._repository(repository)
+                found, skipped = await self._repository(repository)
+                events = [event for event, _ in found]
                 await self._publish(events)
-                new_bytes = sum(p.bytes for p in self.planned[before:])
+                if self._publisher is None:
+                    self.planned += [planned for _, planned in found]
+                new_bytes = sum(planned.bytes for _, planned in found)
                 checkpoint = checkpoint.model_copy(
                     update={
                         "after": repository.name,
@@ -161,7 +164,8 @@ class Backfill:
         log.info("backfill.done", region=self.region, tags=done.tags_published, bytes=done.bytes_published)
         return done
 
-    async def _repository(self, repository: Repository) -> tuple[list[ReplicationEvent], int]:
+    async def _repository(self, repository: Repository) -> tuple[list[tuple[ReplicationEvent, Planned]], int]:
+        """The repository's tags as events (each with what it plans), and how many tags were skipped."""
         if self._excluded(repository, None):
             return [], 0
         try:
@@ -182,28 +186,29 @@ class Backfill:
             else:
                 tags.append(tag)
 
-        async def one(tag: Tag) -> ReplicationEvent | None:
+        async def one(tag: Tag) -> tuple[ReplicationEvent, Planned] | None:
             async with slots:
                 return await self._event(repository, tag)
 
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(one(tag)) for tag in tags]
-        events = [event for task in tasks if (event := task.result()) is not None]
-        return events, skipped + len(tags) - len(events)
+        found = [pair for task in tasks if (pair := task.result()) is not None]
+        return found, skipped + len(tags) - len(found)
 
     def _excluded(self, repository: Repository, tag: Tag | None) -> bool:
         return self.replica is not None and self.replica.excluded(repository, tag) is not None
 
-    async def _event(self, repository: Repository, tag: Tag) -> ReplicationEvent | None:
+    async def _event(self, repository: Repository, tag: Tag) -> tuple[ReplicationEvent, Planned] | None:
         read_at = utcnow()
         try:
             root = await self._primary.tagged(repository, tag)
             children = await self._primary.children(repository, root)
         except NotFoundUpstream:
             return None  # deleted meanwhile: its delete event tells the region
-        new_bytes = self._new_bytes(root, children)
-        self.planned.append(Planned(repository=repository.name, tag=tag.name, digest=str(root.digest), bytes=new_bytes))
-        return ReplicationEvent(
+        planned = Planned(
+            repository=repository.name, tag=tag.name, digest=str(root.digest), bytes=self._new_bytes(root, children)
+        )
+        event = ReplicationEvent(
             id=f"backfill:{self.region}:{repository}:{tag}:{root.digest.hex[:16]}",
             source=Source.BACKFILL,
             action=Action.PUSH,
@@ -216,6 +221,7 @@ class Backfill:
             received_at=utcnow(),
             region=self.region,
         )
+        return event, planned
 
     def _new_bytes(self, root: Manifest, children: dict[Digest, Manifest]) -> int:
         total = 0
