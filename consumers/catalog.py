@@ -52,6 +52,7 @@ class CompactedView(Generic[V]):
         self._consumer: AIOKafkaConsumer | None = None
         self._changed = asyncio.Condition()
         self._positions: dict[TopicPartition, int] = {}
+        self.loaded = False
 
     async def run(self, stop: asyncio.Event) -> None:
         async def connect() -> AIOKafkaConsumer:
@@ -113,8 +114,30 @@ class CompactedView(Generic[V]):
                 f"could not read {self.topic} from Kafka at {self._kafka.bootstrap_servers} within {timeout_s:g}s"
             ) from exc
 
+    async def load(self, timeout_s: float = 15.0) -> None:
+        """Return once the topic has been read to its end at least once since start.
+
+        Until then `values` is a partial picture: answering from it would call
+        an existing replica unknown, or a running backfill absent.
+        """
+        if not self.loaded:
+            await self.caught_up(timeout_s)
+            self.loaded = True
+
     async def wait_for(self, ready: Callable[[dict[str, V]], bool], stop: asyncio.Event | None = None) -> bool:
-        """Wait until `ready(values)` holds; False if `stop` is set first."""
+        """Wait until `ready(values)` holds; False if `stop` is set first.
+
+        `ready` is only asked once the topic has been read to its end: halfway
+        through, `values` may still hold a replica's old definition, before the
+        tombstone or the newer definition that follows it.
+        """
+        while not self.loaded:
+            if stop is not None and stop.is_set():
+                return False
+            try:
+                await (self.load() if stop is None else unless_stopped(self.load(), stop))
+            except CatalogUnavailable as exc:
+                log.warning("catalog.not_loaded", topic=self.topic, error=str(exc))
         while True:
             async with self._changed:
                 if ready(self.values):
@@ -135,7 +158,7 @@ async def following(view: CompactedView[V], timeout_s: float = 15.0) -> AsyncIte
     stop = asyncio.Event()
     task = asyncio.create_task(view.run(stop), name=f"follow-{view.topic}")
     try:
-        await view.caught_up(timeout_s)
+        await view.load(timeout_s)
         yield view
     finally:
         stop.set()

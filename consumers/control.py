@@ -37,8 +37,11 @@ GAUGE_REFRESH_S: Final = 15.0
 
 
 class Control:
-    def __init__(self, settings: Settings, store: LogStore, primary: RegistryClient) -> None:
+    def __init__(
+        self, settings: Settings, store: LogStore, primary: RegistryClient, load_timeout_s: float = 15.0
+    ) -> None:
         self.settings = settings
+        self.load_timeout_s = load_timeout_s
         self.store = store
         self.primary = primary
         kafka = settings.kafka
@@ -66,14 +69,23 @@ class Control:
             await self.lag.close()
             await self.publisher.close()
 
-    async def _resume_backfills(self, stop: asyncio.Event) -> None:
-        async def both() -> None:
-            await self.replicas.caught_up()
-            await self.checkpoints.caught_up()
+    @property
+    def loaded(self) -> bool:
+        return self.replicas.loaded and self.checkpoints.loaded
 
+    async def load(self) -> None:
+        """Wait until replicas and checkpoints have been read to the end once; CatalogUnavailable if not in time.
+
+        Every answer about replicas waits for this: a restarted API that answered
+        from a half-read topic would call a replica unknown, or its backfill absent.
+        """
+        await self.replicas.load(self.load_timeout_s)
+        await self.checkpoints.load(self.load_timeout_s)
+
+    async def _resume_backfills(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await unless_stopped(both(), stop)
+                await unless_stopped(self.load(), stop)
                 break
             except CatalogUnavailable as exc:  # Kafka not there yet
                 log.warning("control.catalog_unavailable", error=str(exc))
@@ -83,6 +95,14 @@ class Control:
                 self.start_backfill(region)
 
     # -- replicas -----------------------------------------------------------------------------
+
+    async def replica_list(self) -> list[ReplicaDefinition]:
+        await self.load()
+        return [definition for _, definition in sorted(self.replicas.values.items())]
+
+    async def replica(self, region: str) -> ReplicaDefinition | None:
+        await self.load()
+        return self.replicas.values.get(region)
 
     async def create(self, definition: ReplicaDefinition, *, backfill: bool) -> ReplicaDefinition:
         created = await self.admin.create(definition)
@@ -124,6 +144,7 @@ class Control:
         return sorted({*self.replicas.values, *self.settings.regions})
 
     async def status(self) -> dict[str, Any]:
+        await self.load()
         regions = [
             await region_status(region, self.store, self.lag, self.checkpoint(region)) for region in self.regions()
         ]
@@ -134,6 +155,7 @@ class Control:
         return current_checkpoint(self.checkpoints.values.get(region), self.replicas.values.get(region))
 
     async def backfill(self, region: str) -> dict[str, Any] | None:
+        await self.load()
         return await backfill_status(region, self.store, self.checkpoint(region))
 
     async def image(self, repository: Repository, tag: Tag | None, digest: Digest | None) -> dict[str, Any]:
@@ -143,6 +165,7 @@ class Control:
                 wanted = str((await self.primary.tagged(repository, tag)).digest)
             except NotFoundUpstream:
                 wanted = None
+        await self.load()
         regions = []
         for region in self.regions():
             records = await image_records(self.store, region, repository, tag, digest)

@@ -8,12 +8,15 @@
     POST   /replicas/{region}/backfill    run the backfill again (or resume one left running) -> 202
     GET    /status                        per region: lag, oldest pending event, totals, latency, backfill
     GET    /status/image?image=REPO:TAG   per region: replicated, in progress, failed (why), not replicated
+    GET    /readyz                        200 once replicas and checkpoints have been read from Kafka, else 503
 
 Changes (POST, DELETE) need `Authorization: Bearer <logstore.api_token>`:
 401 without it, 403 if no token is configured (changes are then off).
 Refusals carry `{"error", "reason"}` (and `rule` for a replica rule): 400 for a
 bad request, 404 for an unknown replica, 409 for a conflict (exists already,
 primary still in use), 422 for a rule, 503 when Kafka cannot be reached.
+Nothing about replicas is answered before both compacted topics have been
+read to their end once (503 if that does not happen in time).
 """
 
 from __future__ import annotations
@@ -81,18 +84,25 @@ class _Routes:
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Replica changes need the API token; reading (logs, replicas, status) does not."""
-        if request.method in ("GET", "HEAD") or not request.path.startswith("/replicas"):
+        """Replica changes need the API token (reading does not); nothing about replicas is told before it is known."""
+        if request.method not in ("GET", "HEAD") and request.path.startswith("/replicas"):
+            if self._token is None:
+                return _error("changes-disabled", "replica changes are off: set logstore.api_token to allow them", 403)
+            presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip().encode()
+            if not hmac.compare_digest(presented, self._token):
+                return _error("unauthorized", "missing or wrong bearer token (logstore.api_token)", 401)
+        try:
             return await handler(request)
-        if self._token is None:
-            return _error("changes-disabled", "replica changes are off: set logstore.api_token to allow them", 403)
-        presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip().encode()
-        if not hmac.compare_digest(presented, self._token):
-            return _error("unauthorized", "missing or wrong bearer token (logstore.api_token)", 401)
-        return await handler(request)
+        except CatalogUnavailable as exc:
+            return _error("kafka-unavailable", f"replicas not known yet: {exc}", 503)
+
+    async def ready(self, _: web.Request) -> web.Response:
+        if not self.control.loaded:
+            return _error("not-ready", "replicas and backfill checkpoints not read from Kafka yet", 503)
+        return _json({"status": "ready"})
 
     async def list_replicas(self, _: web.Request) -> web.Response:
-        return _json({"replicas": [_replica(d) for _, d in sorted(self.control.replicas.values.items())]})
+        return _json({"replicas": [_replica(d) for d in await self.control.replica_list()]})
 
     async def create(self, request: web.Request) -> web.Response:
         try:
@@ -114,9 +124,9 @@ class _Routes:
 
     async def show(self, request: web.Request) -> web.Response:
         region = request.match_info["region"]
-        definition = self.control.replicas.values.get(region)
+        definition = await self.control.replica(region)
         if definition is None:
-            known = ", ".join(sorted(self.control.replicas.values)) or "none"
+            known = ", ".join(d.region for d in await self.control.replica_list()) or "none"
             return _error("unknown-replica", f"no replica in {region} (replicas: {known})", 404)
         return _json({"replica": _replica(definition), "backfill": await self.control.backfill(region)})
 
@@ -138,7 +148,7 @@ class _Routes:
 
     async def rerun(self, request: web.Request) -> web.Response:
         region = request.match_info["region"]
-        if region not in self.control.replicas.values:
+        if await self.control.replica(region) is None:
             return _error("unknown-replica", f"no replica in {region}", 404)
         if not self.control.start_backfill(region):
             return _error("backfill-running", f"a backfill of {region} is running already", 409)
@@ -170,3 +180,4 @@ def add_control_routes(app: web.Application, control: Control, token: SecretStr 
     app.router.add_post("/replicas/{region}/backfill", routes.rerun)
     app.router.add_get("/status", routes.status)
     app.router.add_get("/status/image", routes.image)
+    app.router.add_get("/readyz", routes.ready)

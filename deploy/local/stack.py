@@ -241,7 +241,7 @@ def _probe(info: dict[str, Any], name: str) -> Callable[[], Awaitable[bool]]:
         "kafka": lambda: _kafka_ready(info["kafka"]),
         "primary": lambda: _http_ok(f"http://{info['primary']}/v2/"),
         "webhook": lambda: _http_ok(info["webhook"].rsplit("/webhooks/", 1)[0] + "/readyz"),
-        "logstore": lambda: _http_ok(info["logs"] + "/healthz"),
+        "logstore": lambda: _http_ok(info["logs"] + "/readyz"),
         "s3": lambda: _bucket_ready(region["s3"], region["bucket"], region["access_key"], region["secret_key"]),
         "registry": lambda: _http_ok(f"http://{region.get('registry')}/v2/"),
         "replicator": lambda: _http_ok(f"{region.get('replicator')}/healthz"),
@@ -385,7 +385,7 @@ async def _up(launcher: Launcher, timeout_s: float) -> None:
     await asyncio.gather(
         launcher.wait("primary", lambda: _http_ok(spec.url(spec.ports.primary) + "/v2/"), timeout_s),
         launcher.wait("webhook", lambda: _http_ok(spec.url(spec.ports.webhook) + "/readyz"), timeout_s),
-        launcher.wait("logstore", lambda: _http_ok(spec.url(spec.ports.logstore) + "/healthz"), timeout_s),
+        launcher.wait("logstore", lambda: _http_ok(spec.url(spec.ports.logstore) + "/readyz"), timeout_s),
     )
 
     # Regions are replicas like any other: created through the API, which writes them to Kafka.

@@ -1,7 +1,8 @@
 """The control plane's HTTP side: who may change replicas, and how a bad request is answered.
 
-The real app and a real SQLite store; Kafka is never reached, because every
-request here is answered before a replica change would need it.
+The real app and a real SQLite store; Kafka is never reached: every request
+here is answered before it would need Kafka, or is refused because Kafka has
+not answered.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ async def _client(tmp_path: Path, token: str | None) -> AsyncIterator[TestClient
     )
     async with LogStore(tmp_path / "log.sqlite3") as store, RegistryClient.session(settings.primary) as session:
         app = build_app(store)
-        control = Control(settings, store, RegistryClient(settings.primary, session))
+        control = Control(settings, store, RegistryClient(settings.primary, session), load_timeout_s=0.5)
         add_control_routes(app, control, SecretStr(token) if token else None)
         async with TestClient(TestServer(app)) as client:
             yield client
@@ -71,13 +72,26 @@ async def test_without_a_configured_token_changes_are_off(tokenless: TestClient[
         assert "set logstore.api_token" in (await response.json())["reason"]
 
 
-async def test_reading_needs_no_token(guarded: TestClient[Any, Any]) -> None:
-    async with guarded.get("/replicas") as response:
-        assert response.status == 200
-        assert await response.json() == {"replicas": []}
-    async with guarded.get("/replicas/eu-frankfurt") as response:
-        assert response.status == 404
-        assert (await response.json())["error"] == "unknown-replica"
+@pytest.mark.parametrize("path", ["/replicas", "/replicas/eu-frankfurt", "/replicas/eu-frankfurt/backfill", "/status"])
+async def test_nothing_about_replicas_is_answered_before_the_catalog_is_read(
+    guarded: TestClient[Any, Any], path: str
+) -> None:
+    # Kafka never answers here: "no such replica" or "no backfill" would be a guess from an unread topic.
+    async with guarded.get(path) as response:
+        assert response.status == 503, "reading needs no token, but it does need the catalog"
+        body = await response.json()
+    assert body["error"] == "kafka-unavailable"
+    assert body["reason"].startswith("replicas not known yet: could not read georep.replicas from Kafka at 127.0.0.1:9")
+    async with guarded.get("/readyz") as response:
+        assert response.status == 503
+        assert (await response.json())["error"] == "not-ready"
+
+
+async def test_a_change_by_the_operator_waits_for_kafka_too(guarded: TestClient[Any, Any]) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with guarded.post("/replicas/eu-frankfurt/backfill", headers=headers) as response:
+        assert response.status == 503
+        assert (await response.json())["error"] == "kafka-unavailable"
 
 
 @pytest.mark.parametrize(
