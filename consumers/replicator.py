@@ -349,6 +349,9 @@ class ReplicatorService:
         body = {
             "region": self.region,
             "group": group_id(self.region),
+            # where this process writes: a replica redefined in place shows here once it is served anew
+            "bucket": self.replicator.store.bucket,
+            "prefix": self.replicator.layout.prefix,
             "consuming": consumer is not None,
             "partitions": assigned,
         }
@@ -369,7 +372,8 @@ async def serve_replicator(settings: Settings, region: str, stop: asyncio.Event)
 
     A region that is not pinned in the config file is waited for in the
     replicas topic, so a replicator may be deployed before its replica is
-    created; deleting the replica stops it (after draining, offsets committed).
+    created; deleting the replica stops it (after draining, offsets committed),
+    and a definition rewritten in place (another bucket, say) is served anew.
     """
     if region in settings.regions:
         await _serve(settings, region, settings.region(region), lambda: None, stop)
@@ -380,25 +384,31 @@ async def serve_replicator(settings: Settings, region: str, stop: asyncio.Event)
         log.info("replicator.waiting_for_replica", region=region, topic=settings.kafka.replicas_topic)
         if not await catalog.wait_for(lambda replicas: region in replicas, stop):
             return
-        done = asyncio.Event()
-        watcher = asyncio.create_task(_until_deleted(catalog, region, stop, done), name="replica-watch")
-        try:
-            bucket = region_settings(catalog.values[region])
-            await _serve(settings, region, bucket, lambda: catalog.values.get(region), done)
-        finally:
-            watcher.cancel()
+        while (definition := catalog.values.get(region)) is not None and not stop.is_set():
+            changed = asyncio.Event()
+            watcher = asyncio.create_task(_until_changed(catalog, region, definition, stop, changed), name="watch")
+            try:
+                await _serve(settings, region, region_settings(definition), lambda: catalog.values.get(region), changed)
+            finally:
+                watcher.cancel()
+            if not stop.is_set():
+                gone = region not in catalog.values
+                log.info("replicator.replica_deleted" if gone else "replicator.replica_redefined", region=region)
     finally:
         stop.set()  # the process ends either way (SIGTERM, or its replica deleted): stop following the catalog
         await following
 
 
-async def _until_deleted(
-    catalog: CompactedView[ReplicaDefinition], region: str, stop: asyncio.Event, done: asyncio.Event
+async def _until_changed(
+    catalog: CompactedView[ReplicaDefinition],
+    region: str,
+    definition: ReplicaDefinition,
+    stop: asyncio.Event,
+    changed: asyncio.Event,
 ) -> None:
-    await catalog.wait_for(lambda replicas: region not in replicas or stop.is_set(), stop)
-    if not stop.is_set():
-        log.info("replicator.replica_deleted", region=region)
-    done.set()
+    """Set `changed` once the region's definition is no longer `definition` (deleted or rewritten), or on stop."""
+    await catalog.wait_for(lambda replicas: replicas.get(region) != definition or stop.is_set(), stop)
+    changed.set()
 
 
 async def _serve(

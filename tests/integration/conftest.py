@@ -169,7 +169,7 @@ class Stack(stack.Running):
             "argv": replicator_argv, "log": str(logs / f"replicator-{name}.log"),
             "env": {"GEOREP_REPLICATOR__PORT": str(PORT_BASE + 40 + slot)},
         })  # fmt: skip
-        region = ExtraRegion(name, bucket, registry, replicator, replicator_argv)
+        region = ExtraRegion(name, bucket, registry, replicator, replicator_argv, health)
         try:
             await stack.wait_ready(f"registry-{name}", registry_proc, lambda: stack._http_ok(f"http://{registry}/v2/"),
                                    logs / f"registry-{name}.log", 60)  # fmt: skip
@@ -189,6 +189,8 @@ class ExtraRegion:
     registry: str
     replicator: stack.Proc
     replicator_argv: list[str]
+    #: the replicator's HTTP base URL (/healthz, /metrics)
+    health: str
 
 
 async def run_georep(live: Stack, *args: str, timeout_s: float = 60) -> tuple[int, str, str]:

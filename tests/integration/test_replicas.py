@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 
 import aiohttp
+import orjson
 import pytest
 
 from deploy.local import images, stack
 from deploy.local.probe import served_digest
+from engine.events import utcnow
+from engine.replicas import ReplicaDefinition
+from engine.settings import KafkaSettings
+from producers.kafka import Publisher
 from tests.integration.conftest import Stack, run_georep
 from tests.waiting import until
 
@@ -125,6 +130,47 @@ async def test_replica_with_filters_and_deletes_off_then_deleted(live: Stack) ->
         assert tokyo.replicator.returncode == 0
         code, out, _ = await run_georep(live, "replicas", "list", "--json")
         assert [r["region"] for r in json.loads(out)["replicas"]] == ["ap-singapore", "eu-frankfurt"]
+
+
+async def test_a_replica_rewritten_in_place_is_served_from_its_new_definition(live: Stack) -> None:
+    """A definition replaced in the replicas topic (here: another prefix) moves the running replicator to it."""
+    before, after = live.unique("redefined/app"), live.unique("redefined/app")
+    async with live.extra_region("eu-paris", 2, backfill=False) as paris:
+        first = live.push_image(before, "v1", images.image([images.layer(40 * KiB, f"{before}-1")]))
+        await live.records(lambda rs: [r["status"] for r in rs] == ["succeeded"], repository=before, region="eu-paris")
+
+        status, body = await live.api("GET", "/replicas/eu-paris")
+        assert status == 200, body
+        old = ReplicaDefinition.from_json(orjson.dumps(body["replica"]))
+        new = old.model_copy(update={"prefix": "moved", "created_at": utcnow()})
+        publisher = Publisher(KafkaSettings(bootstrap_servers=live.info["kafka"]), "test")
+        try:
+            await publisher.publish("georep.replicas", [(b"eu-paris", new.to_json())], 15)
+        finally:
+            await publisher.close()
+
+        async def moved() -> bool:
+            try:
+                async with aiohttp.ClientSession() as session, session.get(f"{paris.health}/healthz") as health:
+                    return health.status == 200 and (await health.json())["prefix"] == new.prefix
+            except aiohttp.ClientConnectionError:  # its HTTP side restarts with the new definition
+                return False
+
+        await until(moved, "the eu-paris replicator to write under its new prefix", 30)
+        second = live.push_image(after, "v1", images.image([images.layer(40 * KiB, f"{after}-1")]))
+        await live.records(lambda rs: [r["status"] for r in rs] == ["succeeded"], repository=after, region="eu-paris")
+        assert paris.replicator.poll() is None, "a rewritten definition does not stop the replicator"
+
+        # verify reads the region as its definition now says: the image pushed after the rewrite is under "moved/".
+        code, out, err = await run_georep(live, "verify", "--region", "eu-paris", "--repository", after, "--json")
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["findings"] == []
+        assert [(c["repository"], c["tag"], c["digest"]) for c in report["checked"]] == [(after, "v1", second)]
+        # ...and the one pushed before it is where the old definition put it, served by the registry configured so.
+        async with aiohttp.ClientSession() as session:
+            assert await served_digest(session, paris.registry, before, "v1") == first
+            assert await served_digest(session, paris.registry, after, "v1") is None
 
 
 async def _until_gone(session: aiohttp.ClientSession, registry: str, repo: str, reference: str) -> None:
