@@ -35,7 +35,7 @@ from engine.logconfig import scrub
 from engine.replicas import ReplicaDefinition
 from engine.settings import RegionSettings, Settings
 from georep.runtime import metrics_handler, retry_until_stopped, start_http
-from producers.kafka import KafkaUnavailable, Publisher, ensure_topics
+from producers.kafka import KafkaUnavailable, Publisher, ensure_topics, start_consumer
 
 log = structlog.get_logger(__name__)
 
@@ -125,15 +125,8 @@ class ReplicatorService:
 
         async def attempt() -> AIOKafkaConsumer:
             # A consumer whose start failed is not reused: a fresh one per attempt.
-            consumer = self._consumer()
-            try:
-                await ensure_topics(self.settings.kafka)
-                await consumer.start()
-            except BaseException:
-                with contextlib.suppress(KafkaError, OSError):
-                    await consumer.stop()
-                raise
-            return consumer
+            await ensure_topics(self.settings.kafka)
+            return await start_consumer(self._consumer())
 
         consumer = await retry_until_stopped(
             attempt, (KafkaError, OSError), stop, "replicator.kafka_unavailable",

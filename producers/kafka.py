@@ -84,6 +84,11 @@ async def start_reader(kafka: KafkaSettings, topic: str, role: str) -> AIOKafkaC
         auto_offset_reset="earliest",
         request_timeout_ms=kafka.request_timeout_ms,
     )
+    return await start_consumer(consumer)
+
+
+async def start_consumer(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
+    """`consumer`, started; stopped again if its start fails, so that a retry does not leak its connections."""
     try:
         await consumer.start()
     except BaseException:

@@ -30,7 +30,7 @@ from engine.errors import InvalidEvent
 from engine.events import ReplicationRecord
 from engine.settings import KafkaSettings, Settings
 from georep.runtime import retry_until_stopped, start_http, unless_stopped
-from producers.kafka import ensure_topics
+from producers.kafka import ensure_topics, start_consumer
 
 log = structlog.get_logger(__name__)
 
@@ -120,12 +120,7 @@ async def _connect(kafka: KafkaSettings, guard: _DrainOnRevoke, stop: asyncio.Ev
         # Subscribed before start, so that start waits for the new topic's partitions: a group
         # joined before they are known is assigned nothing until the next metadata refresh.
         consumer.subscribe([kafka.log_topic], listener=guard)
-        try:
-            await consumer.start()
-        except BaseException:
-            await consumer.stop()
-            raise
-        return consumer
+        return await start_consumer(consumer)
 
     return await retry_until_stopped(attempt, (KafkaError, OSError, TimeoutError), stop, "logstore.kafka_unavailable")
 
