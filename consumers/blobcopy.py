@@ -13,9 +13,9 @@ from typing import Final
 
 import aiohttp
 
+from adapters.registry import RegistryClient
+from adapters.store import Multipart, RegionStore
 from consumers.budget import ByteBudget
-from consumers.registry import RegistryClient
-from consumers.store import Multipart, RegionStore
 from engine.digest import Digest
 from engine.errors import DigestMismatch
 from engine.manifests import Descriptor
@@ -45,7 +45,8 @@ async def copy_blob(
     """Copy `blob` to `key` unless it is there (or, with `replace`, whether or not it is).
 
     Returns the bytes this call wrote (0 if none). Memory: the buffers it
-    holds at once (the blob if small, else two parts) come out of `budget`.
+    holds at once (the blob if small, else two parts) come out of `budget`,
+    and go back to it on every path: success, failure, cancellation.
     """
     if not replace and await store.exists(key):
         return 0
@@ -54,7 +55,7 @@ async def copy_blob(
     # Room for the first buffer is taken before the primary's response opens: a copy waiting for
     # memory then holds no connection and no socket buffers (measured: about 9 MB per open response).
     await budget.take(first)
-    handed_over = False
+    owned = first  # bytes of the budget this frame must give back; 0 once _stream_parts owns them
     try:
         async with primary.blob(repository, blob.digest) as response:
             if response.content_length is not None and response.content_length != blob.size:
@@ -67,12 +68,12 @@ async def copy_blob(
                 _check(blob, Digest(blob.digest.algorithm, hasher.hexdigest()))
                 return blob.size if await store.put(key, body, if_absent=not replace) else 0
             async with store.multipart(key) as upload:
-                handed_over = True  # _stream_parts gives the first part's room back
+                owned = 0  # handed over: _stream_parts gives the first part's room back with every other part's
                 await _stream_parts(response, upload, blob, settings.part_size, budget, held=first)
                 written = blob.size if await upload.complete(if_absent=not replace) else 0
     finally:
-        if not handed_over:
-            await asyncio.shield(budget.give(first))
+        if owned:
+            budget.release(owned)
     # The blob is in place now: any other upload of it is a crashed or losing copy whose parts
     # would otherwise sit in the bucket unseen.
     await store.abort_uploads(key, before=upload.initiated)
@@ -117,40 +118,57 @@ async def _stream_parts(
 ) -> None:
     """Upload the body as parts; reading part n+1 overlaps uploading part n, so a copy holds two parts at most.
 
-    `held`: room for the first part, taken by the caller; given back here like every part's.
+    `held`: room for the first part, taken by the caller and owned here from now on. Each part's room
+    is owned by this frame until its upload task exists, and by that task after (see `_send`).
     """
     hasher = blob.digest.hasher()
     pending: asyncio.Task[None] | None = None
-
-    async def send(number: int, part: bytearray) -> None:
-        try:
-            await upload.upload_part(number, part)
-        finally:
-            await asyncio.shield(budget.give(len(part)))
-
+    owned = held
     try:
         for number, offset in enumerate(range(0, blob.size, part_size), start=1):
             size = min(part_size, blob.size - offset)
             if number > 1:
                 await budget.take(size)
-            held = 0
-            try:
-                part = bytearray(size)
-                await _fill(response, part, hasher, blob)
-            except BaseException:
-                await asyncio.shield(budget.give(size))
-                raise
+                owned = size
+            part = bytearray(size)
+            await _fill(response, part, hasher, blob)
             if pending is not None:
-                await pending
-            pending = asyncio.create_task(send(number, part))
+                await pending  # part n is in S3 (its room is back) before part n+1 starts
+            pending = _send(upload, number, part, budget, owned)
+            owned = 0
         if pending is not None:
             await pending
         await _at_end(response, blob)
         _check(blob, Digest(blob.digest.algorithm, hasher.hexdigest()))
     finally:
-        if held:  # failed before the first part was read
-            await asyncio.shield(budget.give(held))
+        if owned:
+            budget.release(owned)
         if pending is not None and not pending.done():
             pending.cancel()
             # wait() does not re-raise the part's own error, and still lets our cancellation through.
             await asyncio.wait([pending])
+
+
+def _send(upload: Multipart, number: int, part: bytearray, budget: ByteBudget, room: int) -> asyncio.Task[None]:
+    """Upload one part in a task that owns `room`: given back once, however the task ends.
+
+    The task's own `finally` gives it back as the upload ends, before anyone awaiting the task
+    resumes; the done callback covers a task cancelled before it ever ran (its body never starts).
+    """
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            budget.release(room)
+
+    async def send() -> None:
+        try:
+            await upload.upload_part(number, part)
+        finally:
+            release()
+
+    task = asyncio.create_task(send(), name=f"part-{number}")
+    task.add_done_callback(lambda _: release())
+    return task

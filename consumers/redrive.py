@@ -20,20 +20,16 @@ from dataclasses import dataclass, field
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from adapters.kafka import KAFKA_ERRORS, Publisher, new_consumer, started, unavailable_as
+from adapters.kafka import partitions as kafka_partitions
+from engine import topics
 from engine.errors import InvalidEvent
 from engine.events import DeadLetter, ReplicationEvent, describe
-from engine.settings import Settings
-from producers.kafka import KafkaUnavailable, Publisher
-from producers.kafka import partitions as kafka_partitions
+from engine.settings import KafkaSettings, Settings
 
 log = structlog.get_logger(__name__)
-
-
-def group_id(region: str) -> str:
-    return f"georep.redrive.{region}"
 
 
 @dataclass
@@ -49,47 +45,55 @@ async def redrive(
     settings: Settings, region: str, *, dry_run: bool = False, say: Callable[[str], None] = print
 ) -> Redrive:
     kafka = settings.kafka
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        client_id=f"{kafka.client_id}-redrive-{region}",
-        group_id=group_id(region),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        request_timeout_ms=kafka.request_timeout_ms,
-    )
+    consumer = new_consumer(kafka, f"redrive-{region}", group=topics.redrive_group(region))
     publisher = Publisher(kafka, f"redrive-{region}")
     result = Redrive()
-    await consumer.start()
+    with unavailable_as(kafka, f"read {kafka.dead_letter_topic}"):
+        await started(consumer)
     try:
-        topic = kafka.dead_letter_topic
-        # Assigned, not subscribed (the consumer would not fetch the topic's metadata): ask the cluster.
-        partitions = [TopicPartition(topic, p) for p in await kafka_partitions(kafka, topic)]
-        if not partitions:
-            say(f"no topic {topic} on {kafka.bootstrap_servers}: nothing was ever dead-lettered")
-            return result
-        consumer.assign(partitions)
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
-        for tp in partitions:
-            letters = await _read_until(consumer, tp, ends[tp])
-            events = [redrivable(letter, region, result) for letter in letters]
-            todo = [e for e in events if e is not None]
-            for event in todo:
-                say(f"{'would redrive' if dry_run else 'redrive'} {event.id}  {_target(event)}")
-            if dry_run:
-                result.redriven += todo
-                continue
-            if todo:
-                await publisher.publish(kafka.events_topic, [(e.key, e.to_json()) for e in todo], 30)
-            result.redriven += todo
-            # Only now: a crash before this line redrives the same letters again, which is harmless.
-            await consumer.commit({tp: ends[tp]})
+        with unavailable_as(kafka, f"redrive {region}'s dead letters"):
+            await _redrive(consumer, publisher, kafka, region, dry_run, say, result)
     finally:
-        with contextlib.suppress(KafkaError, KafkaUnavailable):
+        with contextlib.suppress(*KAFKA_ERRORS):
             await publisher.close()
-        await consumer.stop()
+        with contextlib.suppress(*KAFKA_ERRORS):
+            await consumer.stop()
     for offset, why in result.unredrivable:
         say(f"cannot redrive dead letter at offset {offset}: {why}")
     return result
+
+
+async def _redrive(
+    consumer: AIOKafkaConsumer,
+    publisher: Publisher,
+    kafka: KafkaSettings,
+    region: str,
+    dry_run: bool,
+    say: Callable[[str], None],
+    result: Redrive,
+) -> None:
+    topic = kafka.dead_letter_topic
+    # Assigned, not subscribed (the consumer would not fetch the topic's metadata): ask the cluster.
+    partitions = [TopicPartition(topic, p) for p in await kafka_partitions(kafka, topic)]
+    if not partitions:
+        say(f"no topic {topic} on {kafka.bootstrap_servers}: nothing was ever dead-lettered")
+        return
+    consumer.assign(partitions)
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+    for tp in partitions:
+        letters = await _read_until(consumer, tp, ends[tp])
+        events = [redrivable(letter, region, result) for letter in letters]
+        todo = [e for e in events if e is not None]
+        for event in todo:
+            say(f"{'would redrive' if dry_run else 'redrive'} {event.id}  {_target(event)}")
+        if dry_run:
+            result.redriven += todo
+            continue
+        if todo:
+            await publisher.publish(kafka.events_topic, [(e.key, e.to_json()) for e in todo], 30)
+        result.redriven += todo
+        # Only now: a crash before this line redrives the same letters again, which is harmless.
+        await consumer.commit({tp: ends[tp]})
 
 
 async def _read_until(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> list[tuple[int, bytes | None]]:

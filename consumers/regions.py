@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.catalog import CompactedView, following, replica_view
+from adapters.compacted import CompactedView, following, replica_view
 from engine.credentials import resolve_credentials
 from engine.logconfig import register_secrets
 from engine.replicas import ReplicaDefinition

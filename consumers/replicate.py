@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 
 import structlog
 
+from adapters.registry import RegistryClient
+from adapters.store import RegionStore
 from consumers.blobcopy import copy_blob
 from consumers.budget import ByteBudget
-from consumers.registry import RegistryClient
-from consumers.store import RegionStore
 from engine.errors import InvalidEvent, most_telling
 from engine.events import Action, ReplicationEvent, Status
 from engine.layout import Layout
@@ -99,7 +99,7 @@ class RegionReplicator:
                 newer = await self._newer_push(event.repository, event.tag, tag_state)
                 if newer is not None:
                     return f"tag {event.tag} left {_shown(newer)}: set by a newer event ({newer.event_id})"
-            results = await _all(self._write(event.repository, write) for write in step)
+            results = await _all(self._write(event, write) for write in step)
             if copied is not None:
                 copied += [n for write, n in zip(step, results, strict=True) if write.phase is Phase.BLOB_DATA]
         return None
@@ -137,15 +137,25 @@ class RegionReplicator:
         await _all(self.store.delete(key) for key in others)
         return f"tag {tag} deleted"
 
-    async def _write(self, repository: Repository, write: Write) -> int:
-        if write.mode in (Mode.COPY_BLOB, Mode.RECOPY_BLOB):
+    async def _write(self, event: ReplicationEvent, write: Write) -> int:
+        if write.mode in (Mode.COPY_BLOB, Mode.REPAIR_BLOB):
             assert write.blob is not None
-            replace = write.mode is Mode.RECOPY_BLOB
+            replace = False
+            if write.mode is Mode.REPAIR_BLOB:
+                # A repair reads the blob back: one of the right size is left alone, unless its bytes were
+                # found wrong (rehash); any other is replaced.
+                if write.blob.digest not in event.recopy and await self.store.size(write.key) == write.blob.size:
+                    return 0
+                replace = True
             async with self._blob_slots:
                 return await copy_blob(
-                    self.primary, self.store, repository, write.blob, write.key, self.tuning, self._budget,
+                    self.primary, self.store, event.repository, write.blob, write.key, self.tuning, self._budget,
                     replace=replace,
                 )  # fmt: skip
+        if write.mode is Mode.REPAIR:
+            if await self.store.get(write.key) != write.body:
+                await self.store.put(write.key, write.body, if_absent=False)
+            return 0
         await self.store.put(write.key, write.body, if_absent=write.mode is Mode.IF_ABSENT)
         return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,33 +19,39 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from adapters.compacted import CompactedView, replica_view
+from adapters.health import Health, KafkaMonitor, Problem, Supervisor
+from adapters.kafka import (
+    KAFKA_ERRORS,
+    ClusterProbe,
+    Publisher,
+    connection_options,
+    ensure_topics,
+    new_consumer,
+    started,
+)
+from adapters.registry import RegistryClient
+from adapters.runtime import metrics_handler, retry_until_stopped, start_http
+from adapters.store import RegionStore
 from consumers import metrics
 from consumers.budget import ByteBudget
-from consumers.catalog import CompactedView, replica_view
-from consumers.lanes import Lane
+from consumers.lanes import Lane, Spawn
+from consumers.reconcile import Reconciler
 from consumers.regions import region_settings
-from consumers.registry import RegistryClient
 from consumers.replicate import Outcome, RegionReplicator
-from consumers.store import RegionStore
-from engine.errors import GeorepError, InvalidEvent
+from engine import topics
+from engine.errors import GeorepError, InvalidEvent, KafkaUnavailable
 from engine.events import DeadLetter, ReplicationEvent, ReplicationRecord, Status, utcnow
 from engine.logconfig import scrub
 from engine.replicas import ReplicaDefinition
 from engine.settings import RegionSettings, Settings
-from georep.runtime import metrics_handler, retry_until_stopped, start_http
-from producers.kafka import KafkaUnavailable, Publisher, ensure_topics, start_consumer
 
 log = structlog.get_logger(__name__)
 
 #: an unexpected exception (a bug, an unmapped library error) is retried this often, then dead-lettered
 UNEXPECTED_MAX_ATTEMPTS = 5
-
-
-def group_id(region: str) -> str:
-    return f"georep.replicator.{region}"
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -59,7 +66,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class ReplicatorService:
-    def __init__(self, settings: Settings, region: str, replicator: RegionReplicator) -> None:
+    def __init__(
+        self, settings: Settings, region: str, replicator: RegionReplicator, spawn: Spawn | None = None
+    ) -> None:
         self.settings = settings
         self.region = region
         self.replicator = replicator
@@ -68,6 +77,12 @@ class ReplicatorService:
         self.lanes: dict[Any, Lane] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.log = log.bind(region=region)
+        self._spawn = spawn
+        #: the reconciliation loop of this definition, if it runs (it reads `consumer` and `lanes`)
+        self.reconciler: Reconciler | None = None
+
+    def problems(self) -> list[Problem]:
+        return lane_problems(self.region, list(self.lanes.values()))
 
     # -- the consume loop -------------------------------------------------
 
@@ -77,7 +92,6 @@ class ReplicatorService:
             return
         self.consumer = consumer
         paused: set[Any] = set()
-        sweeper = asyncio.create_task(self._sweep_uploads(stop), name="sweep-uploads")
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
@@ -97,50 +111,42 @@ class ReplicatorService:
                         consumer.resume(tp)
                 await self._commit(consumer)
         finally:
-            sweeper.cancel()
             await self.release(set(self.lanes))
-            with contextlib.suppress(KafkaError):
+            with contextlib.suppress(*KAFKA_ERRORS):
                 await consumer.stop()
             await self.publisher.close()
             self.consumer = None
 
     def _consumer(self) -> AIOKafkaConsumer:
         kafka = self.settings.kafka
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-replicator-{self.region}",
-            group_id=group_id(self.region),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            request_timeout_ms=kafka.request_timeout_ms,
+        return new_consumer(
+            kafka, f"replicator-{self.region}", kafka.events_topic, group=topics.replicator_group(self.region),
+            listener=_Rebalance(self),
             # A region outage stalls lanes, not the poll loop; this only bounds a hung process.
             max_poll_interval_ms=600_000,
-        )
-        # Subscribed before start, so that start waits for the topic's partitions.
-        consumer.subscribe([kafka.events_topic], listener=_Rebalance(self))
-        return consumer
+        )  # fmt: skip
 
     async def _connect(self, stop: asyncio.Event) -> AIOKafkaConsumer | None:
         """A started consumer, however long Kafka takes to answer; None if told to stop first."""
 
         async def attempt() -> AIOKafkaConsumer:
             # A consumer whose start failed is not reused: a fresh one per attempt.
-            await ensure_topics(self.settings.kafka)
-            return await start_consumer(self._consumer())
+            await ensure_topics(self.settings.kafka, f"replicator-{self.region}")
+            return await started(self._consumer())
 
         consumer = await retry_until_stopped(
-            attempt, (KafkaError, OSError), stop, "replicator.kafka_unavailable",
+            attempt, KAFKA_ERRORS, stop, "replicator.kafka_unavailable",
             initial_s=self.tuning.retry_initial_s, max_s=self.tuning.retry_max_s,
         )  # fmt: skip
         if consumer is None:
             return None
-        self.log.info("replicator.started", group=group_id(self.region))
+        self.log.info("replicator.started", group=topics.replicator_group(self.region))
         # Start the record producer now, not on the first event: it costs hundreds of milliseconds.
         with contextlib.suppress(KafkaUnavailable):
             await self.publisher.publish(self.settings.kafka.log_topic, [], self.tuning.retry_max_s)
         return consumer
 
-    async def _sweep_uploads(self, stop: asyncio.Event) -> None:
+    async def sweep_uploads(self, stop: asyncio.Event) -> None:
         """Abort multipart uploads abandoned by a copier that died (kill -9, OOM, lost node).
 
         A finished copy aborts the older uploads of its own blob at once; this
@@ -161,7 +167,11 @@ class ReplicatorService:
                 await asyncio.wait_for(stop.wait(), every)
 
     def _open_lane(self, tp: Any) -> Lane:
-        lane = Lane(tp, self.handle, self.tuning.partition_buffer)
+        lane = Lane(
+            tp, self.handle, self.tuning.partition_buffer,
+            retry_initial_s=self.tuning.retry_initial_s, retry_max_s=self.tuning.retry_max_s,
+            **({} if self._spawn is None else {"spawn": self._spawn}),
+        )  # fmt: skip
         self.lanes[tp] = lane
         return lane
 
@@ -182,7 +192,7 @@ class ReplicatorService:
         offsets = {tp: lane.done for tp, lane in pending.items()}
         try:
             await consumer.commit(offsets)
-        except KafkaError as exc:
+        except KAFKA_ERRORS as exc:
             # Not fatal: the events are done; a later commit (or a replay, which is harmless) covers them.
             self.log.warning("replicator.commit_failed", error=str(exc))
             return
@@ -282,7 +292,7 @@ class ReplicatorService:
             lag_ms=max(0, lag // timedelta(milliseconds=1)),
             # Records leave the process (Kafka, the log store, `georep logs`): no credential may ride along.
             error=scrub(error) if error else None,
-            note=done.note,
+            note=_note(event, done.note),
         )
         await self._publish(self.settings.kafka.log_topic, record.key, record.to_json())
         if status is not Status.FAILED:
@@ -328,27 +338,32 @@ class ReplicatorService:
             else:
                 return
 
-    # -- health -----------------------------------------------------------
-
-    def health_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/metrics", metrics_handler)
-        return app
-
-    async def _healthz(self, _: web.Request) -> web.Response:
+    def facts(self) -> dict[str, Any]:
         consumer = self.consumer
-        assigned = sorted(tp.partition for tp in consumer.assignment()) if consumer else []
-        body = {
+        return {
             "region": self.region,
-            "group": group_id(self.region),
+            "group": topics.replicator_group(self.region),
             # where this process writes: a replica redefined in place shows here once it is served anew
             "bucket": self.replicator.store.bucket,
             "prefix": self.replicator.layout.prefix,
             "consuming": consumer is not None,
-            "partitions": assigned,
-        }
-        return web.json_response(body, status=200 if consumer is not None else 503)
+            "partitions": sorted(tp.partition for tp in consumer.assignment()) if consumer else [],
+            # the last reconciliation pass over each partition this process owned
+            "reconciled": {
+                str(p): {
+                    "finished_at": s.finished_at.isoformat(), "repositories": s.repositories, "drift": s.drift,
+                    "repairs": s.repairs, "member": s.member,
+                }
+                for p, s in sorted((self.reconciler.last if self.reconciler else {}).items())
+            },
+        }  # fmt: skip
+
+
+def _note(event: ReplicationEvent, note: str | None) -> str | None:
+    """A repair's record says what drift it fixed, before whatever the replication itself noted."""
+    if event.drift is None:
+        return note
+    return f"repair of {event.drift}" + (f"; {note}" if note else "")
 
 
 def _give_up(state: RetryCallState) -> bool:
@@ -367,29 +382,125 @@ async def serve_replicator(settings: Settings, region: str, stop: asyncio.Event)
     replicas topic, so a replicator may be deployed before its replica is
     created; deleting the replica stops it (after draining, offsets committed),
     and a definition rewritten in place (another bucket, say) is served anew.
+    Health, metrics and the Kafka probe live as long as the process; a task
+    that dies ends it with Unhealthy (exit code 1).
     """
-    if region in settings.regions:
-        await _serve(settings, region, settings.region(region), lambda: None, stop)
-        return
-    catalog = replica_view(settings.kafka, f"replicator-{region}")
-    following = asyncio.create_task(catalog.run(stop), name="replica-catalog")
+    role = f"replicator-{region}"
+    connection_options(settings.kafka, role)  # refuse at start settings that could never connect
+    health = Health(role)
+    # One budget for the life of the process: a redefinition must not reset a leak's evidence.
+    budget = ByteBudget(settings.replicator.buffer_bytes)
+    running: list[ReplicatorService] = []
+    health.watch(lambda: [p for service in running for p in service.problems()])
+    health.watch(lambda: budget_problems(region, budget, settings.replicator.budget_stall_s))
+    health.facts = lambda: running[0].facts() if running else {"region": region, "consuming": False, "partitions": []}
+    health.needs("consuming", lambda: bool(running) and running[0].consumer is not None)
+    app = web.Application()
+    health.add_routes(app)
+    app.router.add_get("/metrics", metrics_handler)
+    runner = await start_http(app, settings.replicator.host, settings.replicator.port)
+    probe = ClusterProbe(settings.kafka, role)
     try:
-        log.info("replicator.waiting_for_replica", region=region, topic=settings.kafka.replicas_topic)
-        if not await catalog.wait_for(lambda replicas: region in replicas, stop):
-            return
-        while (definition := catalog.values.get(region)) is not None and not stop.is_set():
-            changed = asyncio.Event()
-            watcher = asyncio.create_task(_until_changed(catalog, region, definition, stop, changed), name="watch")
-            try:
-                await _serve(settings, region, region_settings(definition), lambda: catalog.values.get(region), changed)
-            finally:
-                watcher.cancel()
-            if not stop.is_set():
-                gone = region not in catalog.values
-                log.info("replicator.replica_deleted" if gone else "replicator.replica_redefined", region=region)
+        async with Supervisor(health, stop).running() as tasks:
+            tasks.spawn("kafka-probe", KafkaMonitor(health, settings.kafka.bootstrap_servers, probe).run(stop))
+            serve = _Serve(settings, region, budget, health, running)
+            tasks.spawn("replicate", serve.follow(stop, tasks), until_stopped=False)
     finally:
-        stop.set()  # the process ends either way (SIGTERM, or its replica deleted): stop following the catalog
-        await following
+        await runner.cleanup()
+        await probe.close()
+
+
+def lane_problems(region: str, lanes: list[Lane]) -> list[Problem]:
+    """Partitions whose head event keeps failing with an unexpected error: named, and in a gauge."""
+    found = []
+    for lane in lanes:
+        stalled = lane.stall
+        metrics.LANE_STALLED.labels(region, str(lane.tp.partition)).set(1 if stalled else 0)
+        if stalled is not None:
+            detail = f"event at offset {stalled.offset} failed {stalled.attempts} times: {stalled.error}"
+            found.append(Problem("lane", f"{lane.tp.topic}/{lane.tp.partition}", detail, stalled.since))
+    return found
+
+
+def budget_problems(region: str, budget: ByteBudget, stall_s: float) -> list[Problem]:
+    metrics.BUDGET_HELD.labels(region).set(budget.held)
+    metrics.BUDGET_WAITING.labels(region).set(budget.waiting)
+    still = budget.stalled(stall_s)
+    if still is None:
+        return []
+    detail = (
+        f"{budget.held} of {budget.limit} bytes held with {budget.waiting} copies waiting, "
+        f"none given back for {still:.0f}s (more than replicator.budget_stall_s = {stall_s:g}s)"
+    )
+    return [Problem("budget", "copy-buffers", detail, time.monotonic() - still)]
+
+
+class _Serve:
+    """The replica's definitions, one after another, each served by a ReplicatorService of its own."""
+
+    def __init__(
+        self, settings: Settings, region: str, budget: ByteBudget, health: Health, running: list[ReplicatorService]
+    ) -> None:
+        self.settings = settings
+        self.region = region
+        self.budget = budget
+        self.health = health
+        self.running = running
+
+    async def follow(self, stop: asyncio.Event, tasks: Supervisor) -> None:
+        try:
+            if self.region in self.settings.regions:
+                await self.serve(self.settings.region(self.region), lambda: None, stop)
+                return
+            catalog = replica_view(self.settings.kafka, f"replicator-{self.region}")
+            tasks.spawn("replica-catalog", catalog.run(stop))
+            log.info("replicator.waiting_for_replica", region=self.region, topic=self.settings.kafka.replicas_topic)
+            if not await catalog.wait_for(lambda replicas: self.region in replicas, stop):
+                return
+            while (definition := catalog.values.get(self.region)) is not None and not stop.is_set():
+                changed = asyncio.Event()
+                watcher = asyncio.create_task(_until_changed(catalog, self.region, definition, stop, changed))
+                try:
+                    await self.serve(region_settings(definition), lambda: catalog.values.get(self.region), changed)
+                finally:
+                    watcher.cancel()
+                if not stop.is_set():
+                    gone = self.region not in catalog.values
+                    event = "replicator.replica_deleted" if gone else "replicator.replica_redefined"
+                    log.info(event, region=self.region)
+        finally:
+            stop.set()  # the process ends either way (SIGTERM, or its replica deleted)
+
+    async def serve(
+        self, region_settings: RegionSettings, replica: Callable[[], ReplicaDefinition | None], stop: asyncio.Event
+    ) -> None:
+        """Serve one definition until `stop`: its consume loop and upload sweep, in a task group of their own."""
+        tuning = self.settings.replicator
+        blob_slots = asyncio.Semaphore(tuning.blob_concurrency)
+        connections = tuning.blob_concurrency * 2 + 8
+        async with (
+            RegistryClient.session(self.settings.primary, connections) as session,
+            RegionStore.open(region_settings, connections) as store,
+            Supervisor(self.health, stop).running() as tasks,
+        ):
+            primary = RegistryClient(self.settings.primary, session)
+            replicator = RegionReplicator(
+                region_settings.layout, store, primary, tuning, blob_slots, self.budget, replica
+            )
+            lanes: Spawn = lambda name, work: tasks.spawn(name, work, until_stopped=False)  # noqa: E731
+            service = ReplicatorService(self.settings, self.region, replicator, lanes)
+            self.running[:] = [service]
+            try:
+                tasks.spawn("sweep-uploads", service.sweep_uploads(stop))
+                if self.settings.reconcile.enabled:
+                    service.reconciler = Reconciler(
+                        self.settings, self.region, region_settings.layout, store, primary, replica, service,
+                        service.publisher,
+                    )  # fmt: skip
+                    tasks.spawn("reconcile", service.reconciler.run(stop))
+                await service.run(stop)
+            finally:
+                self.running.clear()
 
 
 async def _until_changed(
@@ -402,29 +513,3 @@ async def _until_changed(
     """Set `changed` once the region's definition is no longer `definition` (deleted or rewritten), or on stop."""
     await catalog.wait_for(lambda replicas: replicas.get(region) != definition or stop.is_set(), stop)
     changed.set()
-
-
-async def _serve(
-    settings: Settings,
-    region: str,
-    region_settings: RegionSettings,
-    replica: Callable[[], ReplicaDefinition | None],
-    stop: asyncio.Event,
-) -> None:
-    blob_slots = asyncio.Semaphore(settings.replicator.blob_concurrency)
-    budget = ByteBudget(settings.replicator.buffer_bytes)
-    connections = settings.replicator.blob_concurrency * 2 + 8
-    async with (
-        RegistryClient.session(settings.primary, connections) as session,
-        RegionStore.open(region_settings, connections) as store,
-    ):
-        primary = RegistryClient(settings.primary, session)
-        replicator = RegionReplicator(
-            region_settings.layout, store, primary, settings.replicator, blob_slots, budget, replica
-        )
-        service = ReplicatorService(settings, region, replicator)
-        runner = await start_http(service.health_app(), settings.replicator.host, settings.replicator.port)
-        try:
-            await service.run(stop)
-        finally:
-            await runner.cleanup()

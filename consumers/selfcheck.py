@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from aiokafka.errors import KafkaError
-
-from consumers.catalog import CatalogUnavailable
+from adapters.kafka import KAFKA_ERRORS, ClusterProbe
+from adapters.registry import RegistryClient
+from adapters.store import RegionStore
 from consumers.regions import lookup_region
-from consumers.registry import RegistryClient
-from consumers.store import RegionStore
-from engine.errors import GeorepError
+from engine.errors import CatalogUnavailable, GeorepError
 from engine.settings import ConfigError, Settings
-from producers.kafka import ensure_topics
 
 
 async def check_region(settings: Settings, region: str) -> list[str]:
     problems: list[str] = []
+    probe = ClusterProbe(settings.kafka, f"replicator-{region}")
     try:
-        await ensure_topics(settings.kafka)
-    except (KafkaError, OSError) as exc:
+        await probe()
+    except KAFKA_ERRORS as exc:
         problems.append(f"kafka {settings.kafka.bootstrap_servers}: {type(exc).__name__}: {exc}")
+    finally:
+        await probe.close()
     async with RegistryClient.session(settings.primary) as session:
         try:
             await RegistryClient(settings.primary, session).ping()

@@ -8,8 +8,14 @@
     │   └── InvalidManifest          a manifest georep cannot parse or does not support
     ├── NotFoundUpstream             the primary no longer has the manifest or blob
     ├── DigestMismatch               bytes do not hash to their digest (retried a few times)
+    ├── UpstreamRefused              the primary refused a request retrying cannot fix (400, 405, ...)
     ├── UpstreamUnavailable          the primary is unreachable or answers 5xx (retried)
-    └── StorageUnavailable           the region's object store is unreachable or 5xx (retried)
+    ├── StorageUnavailable           the region's object store is unreachable or 5xx (retried)
+    ├── KafkaUnavailable             Kafka did not answer or acknowledge in time (retried)
+    │   └── CatalogUnavailable       a compacted topic could not be read to its end in time
+    ├── ApiUnavailable               the georep API could not be reached (retried)
+    ├── ApiRefused                   the georep API refused a request (its status and reason)
+    └── Unhealthy                    a process can no longer do its work: it exits non-zero
 
 `retriable` says whether doing the same thing again may succeed; `max_attempts`
 bounds how often (None: until it does). Context lives in fields, not only in
@@ -76,6 +82,47 @@ class StorageUnavailable(GeorepError):
     retriable = True
     max_attempts = None
     reason = "storage-unavailable"
+
+
+class UpstreamRefused(GeorepError):
+    reason = "upstream-refused"
+
+
+class KafkaUnavailable(GeorepError):
+    """Kafka did not take or give messages in time; a webhook answers 503, a service retries."""
+
+    retriable = True
+    max_attempts = None
+    reason = "kafka-unavailable"
+
+
+class CatalogUnavailable(KafkaUnavailable):
+    """A compacted topic (replicas, checkpoints) could not be read to its end in time."""
+
+
+class ApiUnavailable(GeorepError):
+    """The georep API could not be reached, or answered something that is not georep's."""
+
+    retriable = True
+    max_attempts = None
+    reason = "api-unavailable"
+
+
+class ApiRefused(GeorepError):
+    """The georep API refused a request; `status` is its HTTP status, `rule` a replica rule's name."""
+
+    reason = "api-refused"
+
+    def __init__(self, message: str, status: int, rule: str | None = None) -> None:
+        super().__init__(message, status=status, rule=rule)
+        self.status = status
+        self.rule = rule
+
+
+class Unhealthy(GeorepError):
+    """A process can no longer do its work (a task it needs died); it exits non-zero to be restarted."""
+
+    reason = "unhealthy"
 
 
 def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

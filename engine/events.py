@@ -47,6 +47,7 @@ class Source(StrEnum):
     DISTRIBUTION = "distribution"
     HARBOR = "harbor"
     BACKFILL = "backfill"
+    RECONCILE = "reconcile"
     MANUAL = "manual"
 
 
@@ -108,8 +109,12 @@ class ReplicationEvent(Message):
     received_at: AwareDatetime
     #: only this region acts on the event (redrive, repair); None: every region
     region: RegionField | None = None
-    #: rewrite every key of the image, even those present (repair of a damaged region)
+    #: a repair of a damaged region: every key of the image is read back and rewritten where it differs
     repair: bool = False
+    #: with `repair`: blobs whose bytes are wrong at the right size (found by rehashing), copied again regardless
+    recopy: tuple[DigestField, ...] = Field((), max_length=1000)
+    #: with `repair`: what was found to differ, for the replication record (e.g. "tag-missing, blob-size")
+    drift: str | None = Field(None, max_length=2000)
 
     @model_validator(mode="after")
     def _target(self) -> Self:
@@ -150,6 +155,39 @@ class ReplicationRecord(Message):
     @property
     def key(self) -> bytes:
         return f"{self.region}/{self.repository}".encode()
+
+
+class ReconcilePass(Message):
+    """One reconciliation pass over one partition's repositories in one region (compacted, key region/partition)."""
+
+    region: RegionField
+    partition: int = Field(ge=0)
+    #: which replicator ran it (host and pid), so that a pass is traced to a process
+    member: str
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
+    repositories: int = 0
+    #: repositories whose tags had not moved on the primary: one read of the region each
+    unchanged: int = 0
+    #: repositories whose keys were all checked
+    checked_full: int = 0
+    #: repositories left for the next pass because live events for them were still arriving
+    deferred: int = 0
+    #: differences found, by kind (tag-missing, blob-size, tag-extra, ...)
+    drift: dict[str, int] = Field(default_factory=dict)
+    #: repair events published (one per damaged tag, deleted tag or manifest)
+    repairs: int = 0
+    requests_primary: int = 0
+    requests_region: int = 0
+    error: str | None = None
+
+    @property
+    def key(self) -> bytes:
+        return f"{self.region}/{self.partition}".encode()
+
+    @property
+    def duration_s(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
 
 
 class DeadLetter(Message):

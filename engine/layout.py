@@ -13,11 +13,14 @@ under an optional root prefix (the registry's `storage.s3.rootdirectory`):
     │           └── tags/<tag>/
     │               ├── index/<alg>/<hex>/link                the tag has pointed at this manifest
     │               └── current/link                          the tag points at this manifest now
-    └── georep/v1/repositories/<name>/_tags/<tag>             georep's own: which push set the tag
+    └── georep/v1/repositories/<name>/
+        ├── _tags/<tag>                                       georep's own: which push set the tag
+        └── _reconciled                                       the tag -> digest map the last pass found equal
 
 A link holds exactly `<alg>:<hex>`, no newline. The `georep/` tree sits beside
 the registry's and is never read by it; it lets replays and out-of-order
-deliveries see that a tag already reflects a newer push.
+deliveries see that a tag already reflects a newer push, and lets the
+reconciliation loop tell in one read that a repository has not moved.
 
 Names, tags and digests reach this module only as validated values, so no key
 can leave its prefix; `parse` maps a key back, for verification and tests.
@@ -45,6 +48,7 @@ class KeyKind(Enum):
     TAG_INDEX_LINK = "tag-index-link"
     TAG_CURRENT_LINK = "tag-current-link"
     TAG_STATE = "tag-state"
+    RECONCILED = "reconciled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +115,19 @@ class Layout:
     def tag_current_link(self, repository: Repository, tag: Tag) -> str:
         return self._key(_V2, "repositories", repository.name, "_manifests", "tags", tag.name, "current", "link")
 
+    def revisions_root(self, repository: Repository) -> str:
+        """The prefix of every revision link of a repository (the manifests the region serves in it)."""
+        return self._key(_V2, "repositories", repository.name, "_manifests", "revisions") + "/"
+
     def tags_root(self, repository: Repository) -> str:
         """The prefix of every tag link of a repository (for listing the tags a region has)."""
         return self._key(_V2, "repositories", repository.name, "_manifests", "tags") + "/"
 
     def tag_state(self, repository: Repository, tag: Tag) -> str:
         return self._key("georep", "v1", "repositories", repository.name, "_tags", tag.name)
+
+    def reconciled(self, repository: Repository) -> str:
+        return self._key("georep", "v1", "repositories", repository.name, "_reconciled")
 
     def parse(self, key: str) -> ParsedKey:
         """The inverse of the builders above; raises InvalidInput for any other key."""
@@ -141,6 +152,8 @@ def _parse_relative(rest: str) -> ParsedKey | None:
         return ParsedKey(
             KeyKind.TAG_STATE, repository=Repository.parse("/".join(parts[3:-2])), tag=Tag.parse(parts[-1])
         )
+    if rest.startswith("georep/v1/repositories/") and len(parts) >= 5 and parts[-1] == "_reconciled":
+        return ParsedKey(KeyKind.RECONCILED, repository=Repository.parse("/".join(parts[3:-1])))
     if not rest.startswith(_V2 + "/"):
         return None
     parts = parts[3:]

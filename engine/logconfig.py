@@ -32,6 +32,7 @@ def register_secrets(values: Iterable[SecretStr | str | None]) -> None:
 
 def settings_secrets(settings: Settings) -> list[SecretStr | str | None]:
     values: list[SecretStr | str | None] = [
+        settings.kafka.password,
         settings.primary.password,
         settings.webhook.token,
         settings.logstore.api_token,
@@ -71,7 +72,9 @@ class _ScrubbingFormatter(logging.Formatter):
         return scrub(super().format(record))
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
+def configure_logging(level: str = "info", fmt: str = "json", *, quiet_libraries: bool = False) -> None:
+    """structlog and the standard library's loggers, to stderr. `quiet_libraries` (commands run by a person):
+    aiokafka and botocore say nothing; the command reports what failed in one line of its own."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -95,4 +98,6 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     # aiokafka and botocore log through the standard library; keep their warnings, drop their chatter.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_ScrubbingFormatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler])
+    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler], force=True)
+    for library in ("aiokafka", "botocore", "aiobotocore", "asyncio"):
+        logging.getLogger(library).setLevel(logging.CRITICAL if quiet_libraries else logging.NOTSET)

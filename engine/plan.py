@@ -20,8 +20,9 @@ in one step (`STEPS`), so an image costs six round trips to the store, not nine.
 A manifest's revision link is written after all of its content, so a present
 revision link means the content is whole: then only the tag is left to do
 (`tag_writes`).
-A repair plan (for a region found damaged) rewrites every key, blobs included:
-a present key may be the damaged one.
+A repair plan (for a region found damaged) reads every key back, blobs
+included, and rewrites the ones that differ: a present key may be the damaged
+one, and a key that is right is left alone.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def steps(writes: Iterable[Write]) -> Iterator[list[Write]]:
 
 class Mode(Enum):
     COPY_BLOB = "copy-blob"  # stream from the primary unless the key exists
-    RECOPY_BLOB = "recopy-blob"  # stream from the primary and replace what is there (repair)
+    REPAIR_BLOB = "repair-blob"  # copy unless present at the right size (and not known corrupt): a repair
     IF_ABSENT = "if-absent"  # immutable: write `body` unless the key exists
+    REPAIR = "repair"  # read back, and write `body` unless the key holds exactly it: a repair
     OVERWRITE = "overwrite"  # mutable: the tag pointers
 
 
@@ -170,7 +172,7 @@ def build_plan(
     repair: bool = False,
 ) -> Plan:
     """All writes for `root` (and, for an index, its children from `manifests`)."""
-    copy, content = (Mode.RECOPY_BLOB, Mode.OVERWRITE) if repair else (Mode.COPY_BLOB, Mode.IF_ABSENT)
+    copy, content = (Mode.REPAIR_BLOB, Mode.REPAIR) if repair else (Mode.COPY_BLOB, Mode.IF_ABSENT)
     children: dict[Digest, Manifest] = {}
     for desc in _walk_children(root, manifests, 0):
         children.setdefault(desc.digest, manifests[desc.digest])

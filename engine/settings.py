@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engine import topics
 from engine.errors import InvalidInput
 from engine.layout import Layout
 from engine.names import parse_region
@@ -47,18 +48,42 @@ def _http_url(value: str) -> str:
 class KafkaSettings(_Part):
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "georep"
-    events_topic: str = "georep.events"
-    log_topic: str = "georep.replication-log"
-    dead_letter_topic: str = "georep.dead-letter"
-    #: compacted: one replica definition per region (a tombstone deletes it)
-    replicas_topic: str = "georep.replicas"
+    #: how clients reach the brokers. SASL_SSL (SCRAM over TLS) unless plaintext is chosen on purpose.
+    security_protocol: Literal["SASL_SSL", "SSL", "SASL_PLAINTEXT", "PLAINTEXT"] = "SASL_SSL"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    #: this process's principal; each georep role has its own (webhook, api, replicator-<region>)
+    username: str | None = None
+    password: SecretStr | None = None
+    #: the CA that signed the brokers' certificates (PEM); unset: the system's trusted CAs
+    ca_file: Path | None = None
+    #: create missing topics at start; off where processes hold no CREATE right (topics made by an admin)
+    create_topics: bool = True
+    events_topic: str = topics.EVENTS
+    log_topic: str = topics.REPLICATION_LOG
+    dead_letter_topic: str = topics.DEAD_LETTER
+    #: compacted: one signed replica definition per region
+    replicas_topic: str = topics.REPLICAS
     #: compacted: each region's backfill checkpoint
-    backfill_topic: str = "georep.backfill"
+    backfill_topic: str = topics.BACKFILL
+    #: compacted: each region's last reconciliation pass, per partition
+    reconcile_topic: str = topics.RECONCILE
     #: partitions bound how many repositories one region replicates at once
     events_partitions: int = Field(8, ge=1)
     log_partitions: int = Field(4, ge=1)
+    #: copies of every partition; min.insync.replicas is 2 once there are 3 (acks=all then survives one broker)
     replication_factor: int = Field(1, ge=1)
+    #: how long georep.events keeps events (-1: forever). Regions reconcile, so an event older than this
+    #: is not lost to a region that was down longer: the reconciliation loop repairs it.
+    events_retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=-1)
     request_timeout_ms: int = Field(15_000, ge=1000)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        return 2 if self.replication_factor >= 3 else 1
+
+    @property
+    def secured(self) -> bool:
+        return self.security_protocol != "PLAINTEXT"
 
 
 class PrimarySettings(_Part):
@@ -134,6 +159,9 @@ class ReplicatorSettings(_Part):
     drain_grace_s: float = Field(30.0, ge=0)
     #: multipart uploads older than this are abandoned (their copier died) and get aborted
     stale_upload_s: float = Field(3600.0, gt=0)
+    #: copies waiting for buffer room while none has been given back for this long is a health problem
+    #: (a leak, or a copy hung for good): /healthz answers 503 and names the held bytes
+    budget_stall_s: float = Field(300.0, gt=0)
     host: str = "127.0.0.1"
     #: health and metrics port (0: pick a free one)
     port: int = Field(8610, ge=0, le=65535)
@@ -147,6 +175,29 @@ class ReplicatorSettings(_Part):
                 f"max(part_size, multipart_threshold) = {largest}"
             )
         return self
+
+
+class ReconcileSettings(_Part):
+    """The loop behind the events: each replicator compares the repositories of its partitions with the primary
+    and publishes repair events for what differs, so a region converges even when an event was lost."""
+
+    enabled: bool = True
+    #: seconds from the start of one pass to the start of the next (a slower pass is followed at once)
+    interval_s: float = Field(300.0, gt=0)
+    #: every repository's keys are checked in full (blobs' sizes, every link and manifest) at least this often;
+    #: in between, a repository whose tags did not move on the primary costs one read of the region
+    full_every_s: float = Field(6 * 3600.0, gt=0)
+    #: blobs are read back and hashed at least this often (None: never; `georep verify --rehash` does it by hand)
+    rehash_every_s: float | None = Field(None, gt=0)
+    #: requests per second a pass may make to the primary, and to the region's object store
+    primary_rps: float = Field(20.0, gt=0)
+    region_rps: float = Field(50.0, gt=0)
+    #: where the list of repositories comes from: the registry's `/v2/_catalog`, Harbor's API (projects, then
+    #: repositories: for a Harbor whose catalog is for administrators only), or `repository_list`
+    repositories: Literal["catalog", "harbor", "list"] = "catalog"
+    repository_list: tuple[str, ...] = ()
+    #: how long a repository waits for live events already on its partition before it is compared anyway
+    settle_timeout_s: float = Field(30.0, gt=0)
 
 
 class LogStoreSettings(_Part):
@@ -171,6 +222,7 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = WebhookSettings()
     replicator: ReplicatorSettings = ReplicatorSettings()
     logstore: LogStoreSettings = LogStoreSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
     #: what a new replica must satisfy (primary region, jurisdictions, regions not offered)
     rules: Rules = Rules()
     #: regions pinned in the config file; others are defined in the replicas topic (`georep replicas create`)

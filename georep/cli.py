@@ -22,16 +22,18 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
+import orjson
 import structlog
 import uvloop
 
-from engine.errors import GeorepError
+from adapters.runtime import stop_on_signals
+from engine.errors import GeorepError, KafkaUnavailable, Unhealthy, most_telling
 from engine.logconfig import configure_logging, register_secrets, settings_secrets
 from engine.names import parse_region
 from engine.settings import CONFIG_ENV, ConfigError, Settings, load_settings
-from georep.runtime import start_http, stop_on_signals
+from engine.text import clean
 
 log = structlog.get_logger("georep")
 
@@ -39,25 +41,19 @@ Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 async def _webhook(settings: Settings, args: argparse.Namespace) -> int:
-    from producers.kafka import KafkaUnavailable, Publisher
-    from producers.webhook import WebhookApp
+    from adapters.kafka import Publisher
+    from producers.webhook import WebhookApp, serve_webhook
 
-    publisher = Publisher(settings.kafka, "webhook")
-    webhook = WebhookApp(settings.webhook, settings.kafka, publisher)
     if args.check:
+        publisher = Publisher(settings.kafka, "webhook")
+        WebhookApp(settings.webhook, settings.kafka, publisher)  # refuses settings it cannot serve with
         try:
-            await publisher.publish(settings.kafka.events_topic, [], settings.webhook.publish_timeout_s)
-        except KafkaUnavailable as exc:
-            print(f"webhook check failed: {exc}", file=sys.stderr)
-            return 1
+            await publisher.probe(settings.webhook.publish_timeout_s)
         finally:
             await publisher.close()
         print("webhook check passed: settings valid, Kafka reachable")
         return 0
-    stop = stop_on_signals()
-    runner = await start_http(webhook.app(), settings.webhook.host, settings.webhook.port)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_webhook(settings, stop_on_signals())
     return 0
 
 
@@ -78,7 +74,7 @@ async def _replicate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _logstore(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.logstore.service import serve_logstore
+    from georep.api.service import serve_logstore
 
     await serve_logstore(settings, stop_on_signals())
     return 0
@@ -91,9 +87,9 @@ async def _logs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _topics(settings: Settings, args: argparse.Namespace) -> int:
-    from producers.kafka import ensure_topics
+    from adapters.kafka import ensure_topics
 
-    await ensure_topics(settings.kafka)
+    await ensure_topics(settings.kafka, always=True)
     print(f"topics ready on {settings.kafka.bootstrap_servers}")
     return 0
 
@@ -108,21 +104,29 @@ async def _redrive(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.verify import publish_repairs, render_json, render_text, repair_events, verify
-    from producers.kafka import KafkaUnavailable
+    from consumers.drift import repair_events
+    from consumers.verify import publish_events, render_json, render_text, verify
 
     report = await verify(settings, args.region, args.repository, rehash=args.rehash)
     repairs = repair_events(report.damaged, args.region) if args.repair else []
     if repairs:
         try:
-            await publish_repairs(settings, repairs, args.region)
-        except KafkaUnavailable as exc:
+            await publish_events(settings, repairs, f"verify-{args.region}")
+        except KafkaUnavailable:
             print(render_json(report, []) if args.json else render_text(report, []))
-            print(f"georep verify: repair events not published: {exc}", file=sys.stderr)
-            return 1
+            raise
     print(render_json(report, repairs) if args.json else render_text(report, repairs))
     # tag-extra alone is no failure: a replica with deletes off keeps tags the primary deleted.
     return 1 if report.damaged and not repairs else 0
+
+
+async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.reconcile import reconcile_now, render_report
+
+    parse_region(args.region)
+    report = await reconcile_now(settings, args.region, args.repository, dry_run=args.dry_run)
+    print(orjson.dumps(report.to_dict()).decode() if args.json else render_report(report))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="georep", description="Geo-replication for container registries.")
     parser.add_argument("--config", help=f"TOML settings file (default: ${CONFIG_ENV})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (commands log only warnings)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     webhook = sub.add_parser("webhook", help="serve the webhook adapter")
@@ -167,31 +172,73 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="the report as one JSON document, for machines")
     verify.set_defaults(run=_verify)
 
+    reconcile = sub.add_parser("reconcile", help="compare a region with the primary now and repair what differs")
+    reconcile.add_argument("--region", required=True)
+    reconcile.add_argument(
+        "--repository", default="*", metavar="GLOB", help="repositories to compare, a glob (default: all)"
+    )
+    reconcile.add_argument("--dry-run", action="store_true", help="print the drift, publish nothing")
+    reconcile.add_argument("--json", action="store_true", help="the drift as one JSON document")
+    reconcile.set_defaults(run=_reconcile)
+
     add_control_arguments(sub)
     return parser
+
+
+#: long-running services: JSON logs at the configured level; every other command is a person's, quiet but for warnings
+SERVICES: Final = frozenset({"webhook", "replicate", "logstore"})
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.config:
         os.environ[CONFIG_ENV] = args.config
+    name = " ".join(filter(None, [args.command, getattr(args, "action", None)]))
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"georep: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(f"georep {name}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
     register_secrets(settings_secrets(settings))
-    configure_logging(settings.log_level, settings.log_format)
+    if args.command in SERVICES and not getattr(args, "check", False):
+        configure_logging(settings.log_level, settings.log_format)
+    else:
+        configure_logging("debug" if args.verbose else "warning", "console", quiet_libraries=not args.verbose)
     command: Command = args.run
-    raise SystemExit(_run(command(settings, args)))
+    raise SystemExit(_run(name, command(settings, args)))
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+#: exit codes: 0 done; 1 failed (or found differences); 2 bad settings or arguments; 3 a dependency did not answer
+EXIT_FAILED: Final = 1
+EXIT_CONFIG: Final = 2
+EXIT_UNAVAILABLE: Final = 3
+
+
+def _run(name: str, coro: Coroutine[Any, Any, int]) -> int:
     try:
-        return uvloop.run(coro)
-    except GeorepError as exc:
-        # Start-up problems (a region not configured, a missing token) are the operator's to fix.
-        print(f"georep: {exc}", file=sys.stderr)
-        return 2
+        return uvloop.run(finish(name, coro))
     except KeyboardInterrupt:
         return 130
+
+
+async def finish(name: str, coro: Coroutine[Any, Any, int]) -> int:
+    """Run a command; every georep error becomes one line on stderr and an exit code, never a traceback."""
+    try:
+        return await coro
+    except BaseExceptionGroup as group:
+        exc = most_telling(group)
+        if not isinstance(exc, GeorepError):
+            raise
+        return _failed(name, exc)
+    except GeorepError as exc:
+        return _failed(name, exc)
+
+
+def _failed(name: str, exc: GeorepError) -> int:
+    print(f"georep {name}: {clean(str(exc))}", file=sys.stderr)
+    if isinstance(exc, Unhealthy):
+        log.error("process.unhealthy", error=str(exc))
+        return EXIT_FAILED
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    return EXIT_UNAVAILABLE if exc.retriable else EXIT_FAILED

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,18 +22,11 @@ from rich.filesize import decimal
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from engine.errors import ApiRefused, ApiUnavailable
 from engine.settings import Settings
 
 POLL_S: Final = 0.5
 _STATE_STYLE: Final = {"replicated": "green", "in-progress": "yellow", "failed": "bold red"}
-
-
-class ApiError(Exception):
-    """The API refused or could not be reached; the message is for a person."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 async def _call(settings: Settings, method: str, path: str, body: Any = None, **params: str) -> Any:
@@ -46,15 +40,22 @@ async def _call(settings: Settings, method: str, path: str, body: Any = None, **
         ):
             status, raw = response.status, await response.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ApiError(f"cannot reach the georep API at {settings.logstore.url}: {exc or type(exc).__name__}") from None
+        raise ApiUnavailable(
+            f"cannot reach the georep API at {settings.logstore.url}: {exc or type(exc).__name__} "
+            f"(is `georep logstore` running? logstore.url / GEOREP_LOGSTORE__URL says where it is)"
+        ) from None
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise ApiError(f"{method} {path}: HTTP {status}: {raw[:200].decode(errors='replace')}") from None
+        raise ApiUnavailable(
+            f"{settings.logstore.url}{path} is not the georep API: HTTP {status}: {raw[:200].decode(errors='replace')}"
+        ) from None
     if status >= 400:
-        rule = f" [{doc['rule']}]" if isinstance(doc, dict) and "rule" in doc else ""
-        reason = doc.get("reason") if isinstance(doc, dict) else doc
-        raise ApiError(f"refused{rule}: {reason}", status)
+        reason = str(doc.get("reason") if isinstance(doc, dict) else doc)
+        rule = doc.get("rule") if isinstance(doc, dict) and isinstance(doc.get("rule"), str) else None
+        if status == 503:
+            raise ApiUnavailable(reason)
+        raise ApiRefused(f"refused [{rule}]: {reason}" if rule else reason, status, rule)
     return doc
 
 
@@ -66,11 +67,7 @@ def _print_json(doc: Any) -> None:
 
 
 async def replicas(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        return await _REPLICAS[args.action](settings, args)
-    except ApiError as exc:
-        print(f"georep replicas {args.action}: {exc}", file=sys.stderr)
-        return 1
+    return await _REPLICAS[args.action](settings, args)
 
 
 async def _create(settings: Settings, args: argparse.Namespace) -> int:
@@ -187,7 +184,7 @@ async def watch_backfill(settings: Settings, region: str, *, json_lines: bool = 
         while True:
             try:
                 b = await _call(settings, "GET", f"/replicas/{region}/backfill")
-            except ApiError as exc:
+            except ApiRefused as exc:
                 if exc.status != 404:
                     raise
                 await asyncio.sleep(POLL_S)  # created a moment ago: its first checkpoint is on its way
@@ -208,18 +205,15 @@ async def watch_backfill(settings: Settings, region: str, *, json_lines: bool = 
 
 async def backfill(settings: Settings, args: argparse.Namespace) -> int:
     """Walk the primary for one region here, resuming its checkpoint; `--dry-run` only lists."""
-    from consumers.catalog import following, replica_view
-    from consumers.registry import RegistryClient
+    from adapters.compacted import following, replica_view
+    from adapters.kafka import Publisher
+    from adapters.registry import RegistryClient
     from producers.backfill import Backfill, Checkpoint, checkpoint_view, current_checkpoint
-    from producers.kafka import Publisher
 
     async with following(replica_view(settings.kafka, "backfill-cli")) as catalog:
         replica = catalog.values.get(args.region)
     if replica is None:
-        print(
-            f"georep backfill: no replica in {args.region}: create it first (georep replicas create)", file=sys.stderr
-        )
-        return 1
+        raise ApiRefused(f"no replica in {args.region}: create it first (georep replicas create)", 404)
     async with following(checkpoint_view(settings.kafka, "backfill-cli")) as checkpoints:
         resume = None if args.dry_run else current_checkpoint(checkpoints.values.get(args.region), replica)
     publisher = None if args.dry_run else Publisher(settings.kafka, "backfill-cli")
@@ -265,14 +259,10 @@ def _planned(planned: list[Any], as_json: bool) -> None:
 
 
 async def status(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        if args.image:
-            doc = await _call(settings, "GET", "/status/image", image=args.image)
-        else:
-            doc = await _call(settings, "GET", "/status")
-    except ApiError as exc:
-        print(f"georep status: {exc}", file=sys.stderr)
-        return 1
+    if args.image:
+        doc = await _call(settings, "GET", "/status/image", image=args.image)
+    else:
+        doc = await _call(settings, "GET", "/status")
     if args.json:
         _print_json(doc)
     elif args.image:
@@ -290,7 +280,7 @@ def _status_table(doc: dict[str, Any]) -> None:
     window = doc["regions"][0]["latency_window_s"] // 60 if doc["regions"] else 5
     table = Table(
         "region", "lag", "oldest pending", "replicated", "bytes", "retrying", "dead", "p50", "p99", "backfill",
-        title=f"replication status (latency over the last {window} min)",
+        "reconciled", title=f"replication status (latency over the last {window} min)",
     )  # fmt: skip
     for r in doc["regions"]:
         b = r.get("backfill")
@@ -298,9 +288,24 @@ def _status_table(doc: dict[str, Any]) -> None:
         table.add_row(
             r["region"], "?" if r["lag_events"] is None else str(r["lag_events"]), _seconds(r["oldest_pending_s"]),
             str(r["events_replicated"]), decimal(r["bytes_replicated"]), str(r["retrying"]), str(r["dead_lettered"]),
-            _seconds(r["latency_p50_s"]), _seconds(r["latency_p99_s"]), backfill,
+            _seconds(r["latency_p50_s"]), _seconds(r["latency_p99_s"]), backfill, _reconciled(r.get("reconcile")),
         )  # fmt: skip
     Console(width=160).print(table)
+
+
+def _reconciled(last: dict[str, Any] | None) -> str:
+    """The last pass: when it ended, what it took, the drift it found and the repairs it published."""
+    if not last:
+        return "-"
+    ago = (datetime.now(UTC) - datetime.fromisoformat(last["ended_at"])).total_seconds()
+    text = f"{_ago(ago)} ago in {last['took_s']:.1f}s: {last['drift_found']} drift, {last['repaired']} repaired"
+    return text + (f" ({last['errors'][0]})" if last["errors"] else "")
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.0f}h"
 
 
 def _image_table(doc: dict[str, Any]) -> None:

@@ -1,6 +1,5 @@
-"""What puts events into Kafka: the webhook adapter for registry notifications."""
+"""What puts events into Kafka: the webhook adapter for registry notifications, replica changes, backfills."""
 
-from producers.kafka import KafkaUnavailable, Publisher, ensure_topics
-from producers.webhook import WebhookApp
+from producers.webhook import WebhookApp, serve_webhook
 
-__all__ = ["KafkaUnavailable", "Publisher", "WebhookApp", "ensure_topics"]
+__all__ = ["WebhookApp", "serve_webhook"]

@@ -19,6 +19,7 @@ which replication absorbs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from enum import StrEnum
@@ -27,16 +28,16 @@ from typing import Final
 import structlog
 from pydantic import AwareDatetime, BaseModel, Field
 
-from consumers.catalog import CompactedView
-from consumers.registry import RegistryClient
+from adapters.compacted import CompactedView
+from adapters.kafka import Publisher
+from adapters.registry import RegistryClient
 from engine.digest import Digest
-from engine.errors import GeorepError, InvalidInput, NotFoundUpstream
+from engine.errors import GeorepError, InvalidInput, KafkaUnavailable, NotFoundUpstream
 from engine.events import Action, Message, ReplicationEvent, Source, utcnow
 from engine.manifests import Manifest
 from engine.names import Repository, Tag
 from engine.replicas import ReplicaDefinition
 from engine.settings import KafkaSettings
-from producers.kafka import Publisher
 
 log = structlog.get_logger(__name__)
 
@@ -155,9 +156,12 @@ class Backfill:
                     }
                 )
                 await self._save(checkpoint, progress)
-        except GeorepError as exc:
-            failed = checkpoint.model_copy(update={"state": State.FAILED, "error": str(exc), "updated_at": utcnow()})
-            await self._save(failed, progress)
+        except Exception as exc:
+            # Any failure, not only the expected ones: the checkpoint says `failed` and why, never `running`.
+            error = str(exc) if isinstance(exc, GeorepError) else f"{type(exc).__name__}: {exc}"
+            failed = checkpoint.model_copy(update={"state": State.FAILED, "error": error, "updated_at": utcnow()})
+            with contextlib.suppress(KafkaUnavailable):  # Kafka may be why it failed; the resume covers it
+                await self._save(failed, progress)
             raise
         done = checkpoint.model_copy(update={"state": State.DONE, "finished_at": utcnow(), "updated_at": utcnow()})
         await self._save(done, progress)

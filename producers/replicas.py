@@ -13,14 +13,14 @@ import asyncio
 from datetime import timedelta
 
 import structlog
-from aiokafka.errors import KafkaError
 
-from consumers.catalog import CompactedView
-from consumers.replicator import group_id
+from adapters.compacted import CompactedView
+from adapters.kafka import KAFKA_ERRORS, Publisher, start_group_at
+from engine import topics
+from engine.errors import KafkaUnavailable
 from engine.events import utcnow
 from engine.replicas import ReplicaDefinition, Rules
 from engine.settings import KafkaSettings
-from producers.kafka import KafkaUnavailable, Publisher, start_group_at
 
 log = structlog.get_logger(__name__)
 
@@ -46,10 +46,10 @@ class ReplicaAdmin:
             self.rules.check_create(definition, self.catalog.values)
             # Before the definition exists, so that no replicator of the region is in the group yet. A little
             # history is replayed: a push whose event came just before this may not show in the backfill's walk.
-            group = group_id(definition.region)
+            group = topics.replicator_group(definition.region)
             try:
                 await start_group_at(self._kafka, group, self._kafka.events_topic, utcnow() - REPLAY)
-            except (KafkaError, OSError) as exc:
+            except KAFKA_ERRORS as exc:
                 raise KafkaUnavailable(f"could not set the offsets of {group}: {exc}") from exc
             await self._write(definition.region, definition.to_json())
             await self.catalog.wait_for(lambda values: definition.region in values)

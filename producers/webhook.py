@@ -2,8 +2,8 @@
 
     POST /webhooks/distribution   CNCF distribution notification envelopes
     POST /webhooks/harbor         Harbor webhooks (Default or CloudEvents payload)
-    GET  /healthz                 the process is up
-    GET  /readyz                  Kafka is connected
+    GET  /healthz                 503 naming the problem while the brokers do not answer, or a task died
+    GET  /readyz                  the same: 200 only while Kafka answers (probed every few seconds)
     GET  /metrics                 Prometheus
 
 A request is answered 2xx only after Kafka acknowledged every event in it;
@@ -14,6 +14,7 @@ refusal and every skipped event is logged with its reason.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -24,12 +25,13 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter
 
-from engine.errors import InvalidInput
+from adapters.health import KAFKA_PROBE_TIMEOUT_S, Health, KafkaMonitor, Supervisor
+from adapters.kafka import Publisher, connection_options
+from adapters.runtime import metrics_handler, start_http
+from engine.errors import InvalidInput, KafkaUnavailable
 from engine.events import utcnow
-from engine.settings import KafkaSettings, WebhookSettings
-from georep.runtime import metrics_handler
+from engine.settings import KafkaSettings, Settings, WebhookSettings
 from producers import distribution, harbor
-from producers.kafka import KafkaUnavailable, Publisher
 from producers.notifications import Parsed
 
 log = structlog.get_logger(__name__)
@@ -46,7 +48,9 @@ def _error(status: int, error: str, reason: str) -> web.Response:
 
 
 class WebhookApp:
-    def __init__(self, webhook: WebhookSettings, kafka: KafkaSettings, publisher: Publisher) -> None:
+    def __init__(
+        self, webhook: WebhookSettings, kafka: KafkaSettings, publisher: Publisher, health: Health | None = None
+    ) -> None:
         if webhook.token is None or not webhook.token.get_secret_value():
             raise InvalidInput("webhook.token is required: the webhook refuses unauthenticated callers")
         self._token = webhook.token.get_secret_value().encode()
@@ -56,13 +60,19 @@ class WebhookApp:
         # Ids of events Kafka already took: a registry redelivers an event whose answer it
         # did not get (a timeout, a restart), and that must not become a second replication.
         self._published: OrderedDict[str, None] = OrderedDict()
+        self.health = health or Health("webhook")
+        #: probes the brokers on a schedule (run by `serve_webhook`); /readyz and /healthz say what it found
+        self.monitor = KafkaMonitor(
+            self.health, kafka.bootstrap_servers, lambda: publisher.probe(KAFKA_PROBE_TIMEOUT_S)
+        )  # fmt: skip
+        self.health.needs("a first answer from Kafka", lambda: self.monitor.reachable is True)
+        connection_options(kafka, "webhook")  # refuse at start what could never connect
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._settings.max_body_bytes)
         app.router.add_post("/webhooks/distribution", self._handler("distribution", distribution.parse_envelope))
         app.router.add_post("/webhooks/harbor", self._handler("harbor", harbor.parse_harbor))
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
+        self.health.add_routes(app)
         app.router.add_get("/metrics", metrics_handler)
         app.on_cleanup.append(self._close)
         return app
@@ -154,14 +164,13 @@ class WebhookApp:
         while len(self._published) > window:
             self._published.popitem(last=False)
 
-    async def _healthz(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
-    async def _readyz(self, _: web.Request) -> web.Response:
-        if self.publisher.connected:
-            return web.json_response({"status": "ready"})
-        try:
-            await self.publisher.publish(self._topic, [], self._settings.publish_timeout_s)
-        except KafkaUnavailable as exc:
-            return _error(503, "kafka-unavailable", str(exc))
-        return web.json_response({"status": "ready"})
+async def serve_webhook(settings: Settings, stop: asyncio.Event) -> None:
+    """Serve the webhook until `stop`; the brokers are probed on a schedule, and /readyz says what it found."""
+    webhook = WebhookApp(settings.webhook, settings.kafka, Publisher(settings.kafka, "webhook"))
+    runner = await start_http(webhook.app(), settings.webhook.host, settings.webhook.port)
+    try:
+        async with Supervisor(webhook.health, stop).running() as tasks:
+            tasks.spawn("kafka-probe", webhook.monitor.run(stop))
+    finally:
+        await runner.cleanup()

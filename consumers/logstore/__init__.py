@@ -1,6 +1,6 @@
 """The log consumer and its query side: the replication-log topic into SQLite, served over HTTP and `georep logs`.
 
-The service itself (`consumers.logstore.service`) is not re-exported: it also
+The service itself (`georep.api.service`) is not re-exported: it also
 serves the control plane, which reads the store, and importing it here would
 make the store's importers import the control plane too.
 """

@@ -2,7 +2,6 @@
 
     GET /logs      ?repository= &tag= &digest= &region= &status= &event_id= &since= &until= &limit=
                    -> {"records": [ReplicationRecord, ...]}, newest first
-    GET /healthz   -> {"status": "ok", "records": <row count>}
     GET /metrics   Prometheus
 
 A parameter georep cannot read is answered 400 with `{"error", "reason"}`,
@@ -12,7 +11,6 @@ empty log.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import orjson
@@ -20,9 +18,9 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from adapters.runtime import metrics_handler
 from consumers.logstore.query import LogQuery, problems
 from consumers.logstore.store import LogStore
-from georep.runtime import metrics_handler
 
 log = structlog.get_logger(__name__)
 
@@ -49,16 +47,7 @@ def build_app(store: LogStore) -> web.Application:
         records = await store.query(query)
         return _json({"records": [record.model_dump(mode="json", by_alias=True) for record in records]})
 
-    async def healthz(_: web.Request) -> web.Response:
-        try:
-            count = await store.count()
-        except sqlite3.Error as exc:
-            log.warning("logstore.health_failed", error=str(exc))
-            return _json({"status": "error", "reason": f"the log database cannot be read: {exc}"}, status=503)
-        return _json({"status": "ok", "records": count})
-
     app = web.Application()
     app.router.add_get("/logs", logs)
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     return app

@@ -11,7 +11,6 @@ the replication-log topic live instead and applies the same filters locally.
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
 from contextlib import aclosing
@@ -23,12 +22,12 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from consumers.logstore.client import LogsUnavailable, fetch, tail
+from adapters.runtime import stop_on_signals
+from consumers.logstore.client import fetch, tail
 from consumers.logstore.query import DEFAULT_LIMIT, MAX_LIMIT, LogQuery, problems
 from consumers.logstore.render import json_line, records_table
 from engine.events import ReplicationRecord, Status
-from engine.settings import Settings
-from georep.runtime import stop_on_signals
+from engine.settings import ConfigError, Settings
 
 _FILTERS: Final = ("repository", "tag", "digest", "region", "status", "event_id", "since", "until", "limit")
 _AGO: Final = re.compile(r"(\d+)([smhd])", re.ASCII)
@@ -61,26 +60,20 @@ def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run_logs(settings: Settings, args: argparse.Namespace) -> int:
-    """Print the matching records; 0 on success, 1 (with a one-line reason on stderr) otherwise."""
-    try:
-        if args.from_beginning and not args.follow:
-            raise LogsUnavailable("--from-beginning only applies with --follow")
-        query = _query(args, datetime.now(UTC))
-        printer = _Printer(as_json=args.json)
-        if args.follow:
-            await _follow(settings, args, query, printer)
-        else:
-            url = (args.url or settings.logstore.url).rstrip("/")
-            printer.all(await fetch(url, query))
-    except LogsUnavailable as exc:
-        print(f"georep logs: {exc}", file=sys.stderr)
-        return 1
+    """Print the matching records; a GeorepError (one line on stderr, an exit code) otherwise."""
+    if args.from_beginning and not args.follow:
+        raise ConfigError("--from-beginning only applies with --follow")
+    query = _query(args, datetime.now(UTC))
+    printer = _Printer(as_json=args.json)
+    if args.follow:
+        await _follow(settings, args, query, printer)
+    else:
+        url = (args.url or settings.logstore.url).rstrip("/")
+        printer.all(await fetch(url, query))
     return 0
 
 
 async def _follow(settings: Settings, args: argparse.Namespace, query: LogQuery, printer: _Printer) -> None:
-    # A command reports Kafka trouble itself, in one line; aiokafka's own retries and errors are noise here.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     shown = 0
     async with aclosing(tail(settings.kafka, query, stop_on_signals(), from_beginning=args.from_beginning)) as records:
         async for record in records:
@@ -99,7 +92,7 @@ def _query(args: argparse.Namespace, now: datetime) -> LogQuery:
         return LogQuery.model_validate(given)
     except ValidationError as exc:
         reasons = [f"--{name.replace('_', '-')}: {why}" if name in _FILTERS else why for name, why in problems(exc)]
-        raise LogsUnavailable("; ".join(reasons)) from None
+        raise ConfigError("; ".join(reasons)) from None
 
 
 def _time(option: str, value: str, now: datetime) -> str | datetime:
@@ -111,7 +104,7 @@ def _time(option: str, value: str, now: datetime) -> str | datetime:
     try:
         return now - timedelta(**{_UNITS[unit]: int(amount)})
     except OverflowError:
-        raise LogsUnavailable(f"--{option}: {value} is further back than any time georep can name") from None
+        raise ConfigError(f"--{option}: {value} is further back than any time georep can name") from None
 
 
 class _Printer:

@@ -9,24 +9,19 @@ from typing import Final
 import aiohttp
 import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from adapters.kafka import KAFKA_ERRORS, new_consumer, started
+from adapters.runtime import unless_stopped
 from consumers.logstore.query import LogQuery
 from consumers.logstore.wire import decode_record
-from engine.errors import InvalidEvent
+from engine.errors import ApiRefused, ApiUnavailable, InvalidEvent, KafkaUnavailable
 from engine.events import ReplicationRecord
 from engine.settings import KafkaSettings
-from georep.runtime import unless_stopped
 
 log = structlog.get_logger(__name__)
 
 _POLL_MS: Final = 1000
-
-
-class LogsUnavailable(Exception):
-    """The log could not be read; the message says why, in one line, for a person."""
 
 
 async def fetch(url: str, query: LogQuery, timeout_s: float = 30.0) -> list[ReplicationRecord]:
@@ -38,17 +33,17 @@ async def fetch(url: str, query: LogQuery, timeout_s: float = 30.0) -> list[Repl
         ):
             status, body = response.status, await response.read()
     except aiohttp.ClientError as exc:
-        raise LogsUnavailable(f"cannot reach the log store at {url}: {exc}") from None
+        raise ApiUnavailable(f"cannot reach the georep API at {url}: {exc}") from None
     except TimeoutError:
-        raise LogsUnavailable(f"the log store at {url} did not answer within {timeout_s:g}s") from None
+        raise ApiUnavailable(f"the georep API at {url} did not answer within {timeout_s:g}s") from None
     if status == 400:
-        raise LogsUnavailable(f"the log store refused the query: {_reason(body)}")
+        raise ApiRefused(f"the log store refused the query: {_reason(body)}", status)
     if status != 200:
-        raise LogsUnavailable(f"the log store at {url} answered HTTP {status}: {_reason(body)}")
+        raise ApiUnavailable(f"the georep API at {url} answered HTTP {status}: {_reason(body)}")
     try:
         return [ReplicationRecord.model_validate(item) for item in orjson.loads(body)["records"]]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError) as exc:
-        raise LogsUnavailable(f"the log store at {url} sent an answer georep cannot read: {exc}") from None
+        raise ApiUnavailable(f"the log store at {url} sent an answer georep cannot read: {exc}") from None
 
 
 def _reason(body: bytes) -> str:
@@ -66,26 +61,21 @@ async def tail(
     No consumer group: following the log must not take partitions from the
     log store or leave committed offsets behind.
     """
-    consumer = AIOKafkaConsumer(
-        kafka.log_topic,
-        bootstrap_servers=kafka.bootstrap_servers,
-        client_id=f"{kafka.client_id}-logs-follow",
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-        request_timeout_ms=kafka.request_timeout_ms,
+    consumer = new_consumer(
+        kafka, "logs-follow", kafka.log_topic, group=None, auto_offset_reset="earliest" if from_beginning else "latest"
     )
     try:
-        await consumer.start()
+        await started(consumer)
         # Fix the starting point now; a lazy reset at the first fetch would
         # skip whatever is published in between.
         await (consumer.seek_to_beginning() if from_beginning else consumer.seek_to_end())
-    except BaseException as exc:
+    except KAFKA_ERRORS as exc:
         await consumer.stop()
-        if isinstance(exc, KafkaError | OSError):
-            raise LogsUnavailable(
-                f"cannot follow {kafka.log_topic} on Kafka at {kafka.bootstrap_servers}: {exc or type(exc).__name__}"
-            ) from None
+        raise KafkaUnavailable(
+            f"cannot follow {kafka.log_topic} on Kafka at {kafka.bootstrap_servers}: {exc or type(exc).__name__}"
+        ) from None
+    except BaseException:
+        await consumer.stop()
         raise
     try:
         while not stop.is_set():

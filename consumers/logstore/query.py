@@ -13,7 +13,7 @@ from typing import Final, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.events import DigestField, RegionField, ReplicationRecord, RepositoryField, Status, TagField
+from engine.events import Action, DigestField, RegionField, ReplicationRecord, RepositoryField, Status, TagField
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 10_000
@@ -33,9 +33,12 @@ class LogQuery(BaseModel):
     region: RegionField | None = None
     status: Status | None = None
     event_id: str | None = Field(None, min_length=1, max_length=256)
+    action: Action | None = None
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    #: records to skip before the first one returned (paging, newest first)
+    offset: int = Field(0, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _ordered_range(self) -> Self:
@@ -52,6 +55,7 @@ class LogQuery(BaseModel):
             (self.region, record.region),
             (self.status, record.status),
             (self.event_id, record.event_id),
+            (self.action, record.action),
         ]
         if any(wanted is not None and wanted != actual for wanted, actual in equal):
             return False

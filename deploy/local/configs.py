@@ -14,6 +14,7 @@ from typing import Any
 from deploy.local.ports import Ports
 from deploy.registry_config import registry_config
 from engine.replicas import ReplicaDefinition
+from engine.settings import KafkaSettings
 
 PRIMARY_REGION = "us-virginia"
 DEFAULT_REGIONS = ("ap-singapore", "eu-frankfurt")
@@ -57,6 +58,15 @@ class StackSpec:
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
+
+    def kafka_client(self) -> dict[str, Any]:
+        """The administrator's Kafka client settings (what stack.json's `kafka_client` holds)."""
+        return {"security_protocol": "PLAINTEXT"}
+
+    def kafka_admin(self) -> KafkaSettings:
+        return KafkaSettings.model_validate(
+            {"bootstrap_servers": f"{self.host}:{self.ports.kafka}", **self.kafka_client()}
+        )  # fmt: skip
 
     @property
     def webhook_url(self) -> str:
@@ -189,6 +199,7 @@ def georep_toml(spec: StackSpec) -> Path:
         "",
         "[kafka]",
         f"bootstrap_servers = {q(f'{spec.host}:{spec.ports.kafka}')}",
+        'security_protocol = "PLAINTEXT"',
         "",
         "[primary]",
         f"url = {q(spec.url(spec.ports.primary))}",

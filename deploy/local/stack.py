@@ -40,6 +40,7 @@ from deploy.local.configs import RegionSpec, StackSpec
 from deploy.local.ports import Ports
 from deploy.registry_config import ACCESS_KEY_ENV, SECRET_KEY_ENV
 from engine.replicas import ReplicaDefinition
+from engine.settings import KafkaSettings
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_LIBS = REPO / ".cache" / "kafka" / "libs"
@@ -67,6 +68,16 @@ class Running:
     def regions(self) -> dict[str, dict[str, Any]]:
         regions: dict[str, dict[str, Any]] = self.info["regions"]
         return regions
+
+    def kafka(self, **overrides: Any) -> KafkaSettings:
+        """Settings for a Kafka client of the stack's administrator (scripts and tests use these)."""
+        return kafka_settings(self.info, **overrides)
+
+
+def kafka_settings(info: dict[str, Any], **overrides: Any) -> KafkaSettings:
+    """The stack's `kafka` and `kafka_client` (its administrator's local development settings) as KafkaSettings."""
+    client = dict(info.get("kafka_client") or {"security_protocol": "PLAINTEXT"})
+    return KafkaSettings.model_validate({"bootstrap_servers": info["kafka"], **client, **overrides})
 
 
 # -- processes --------------------------------------------------------------
@@ -191,13 +202,11 @@ async def _http_ok(url: str, status: int = 200) -> bool:
         return response.status == status
 
 
-async def _kafka_ready(bootstrap: str) -> bool:
-    from engine.settings import KafkaSettings
-    from producers.kafka import ensure_topics
+async def _kafka_ready(kafka: KafkaSettings) -> bool:
+    from adapters.kafka import ensure_topics
 
-    kafka = KafkaSettings(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     try:
-        await ensure_topics(kafka)
+        await ensure_topics(kafka.model_copy(update={"request_timeout_ms": 5000}))
     except Exception:
         return False
     return True
@@ -238,13 +247,13 @@ def _probe(info: dict[str, Any], name: str) -> Callable[[], Awaitable[bool]]:
     kind, _, region_name = name.partition("-")
     region = info["regions"].get(region_name, {})
     probes: dict[str, Callable[[], Awaitable[bool]]] = {
-        "kafka": lambda: _kafka_ready(info["kafka"]),
+        "kafka": lambda: _kafka_ready(kafka_settings(info)),
         "primary": lambda: _http_ok(f"http://{info['primary']}/v2/"),
         "webhook": lambda: _http_ok(info["webhook"].rsplit("/webhooks/", 1)[0] + "/readyz"),
         "logstore": lambda: _http_ok(info["logs"] + "/readyz"),
         "s3": lambda: _bucket_ready(region["s3"], region["bucket"], region["access_key"], region["secret_key"]),
         "registry": lambda: _http_ok(f"http://{region.get('registry')}/v2/"),
-        "replicator": lambda: _http_ok(f"{region.get('replicator')}/healthz"),
+        "replicator": lambda: _http_ok(f"{region.get('replicator')}/readyz"),
     }
     return probes[kind]
 
@@ -370,7 +379,7 @@ async def _up(launcher: Launcher, timeout_s: float) -> None:
     for region in spec.regions:
         _start_seaweed(launcher, region)
     await asyncio.gather(
-        launcher.wait("kafka", lambda: _kafka_ready(f"{spec.host}:{spec.ports.kafka}"), timeout_s),
+        launcher.wait("kafka", lambda: _kafka_ready(spec.kafka_admin()), timeout_s),
         *(
             launcher.wait(f"s3-{r.name}", lambda r=r: _bucket_ready(*_bucket_access(spec, r)), timeout_s)  # type: ignore[misc]
             for r in spec.regions
@@ -399,7 +408,7 @@ async def _up(launcher: Launcher, timeout_s: float) -> None:
         env = launcher.georep_env | {"GEOREP_REPLICATOR__PORT": str(port)}
         launcher.start(f"replicator-{region.name}", _georep(spec, "replicate", "--region", region.name), env)
         registry_url = spec.url(spec.ports.registry(region.index)) + "/v2/"
-        replicator_url = spec.url(spec.ports.replicator(region.index)) + "/healthz"
+        replicator_url = spec.url(spec.ports.replicator(region.index)) + "/readyz"
         probes.append(launcher.wait(f"registry-{region.name}", lambda u=registry_url: _http_ok(u), timeout_s))  # type: ignore[misc]
         probes.append(launcher.wait(f"replicator-{region.name}", lambda u=replicator_url: _http_ok(u), timeout_s))  # type: ignore[misc]
     await asyncio.gather(*probes)
@@ -419,6 +428,8 @@ def _write(spec: StackSpec, launcher: Launcher) -> dict[str, Any]:
     host = spec.host
     info: dict[str, Any] = {
         "kafka": f"{host}:{spec.ports.kafka}",
+        # the administrator's client settings, for scripts and tests (local development credentials only)
+        "kafka_client": spec.kafka_client(),
         "primary": f"{host}:{spec.ports.primary}",
         "webhook": spec.webhook_url,
         "harbor_webhook": spec.harbor_webhook_url,

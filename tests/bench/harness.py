@@ -21,9 +21,11 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer
 
+from adapters.kafka import new_consumer, started
 from deploy.local import stack
+from engine import topics
 
-LOG_TOPIC = "georep.replication-log"
+LOG_TOPIC = topics.REPLICATION_LOG
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -68,11 +70,7 @@ class Bench(stack.Running):
     @asynccontextmanager
     async def records(self) -> AsyncIterator[RecordWatch]:
         """Watch the replication log from its current end: what is recorded from now on."""
-        consumer = AIOKafkaConsumer(
-            LOG_TOPIC, bootstrap_servers=self.info["kafka"], group_id=None, auto_offset_reset="latest",
-            enable_auto_commit=False,
-        )  # fmt: skip
-        await consumer.start()
+        consumer = await started(new_consumer(self.kafka(), "bench", LOG_TOPIC, group=None, auto_offset_reset="latest"))
         # Pin the start: `latest` is resolved lazily, and records may land before the first fetch.
         await consumer.seek_to_end()
         for tp in consumer.assignment():

@@ -13,7 +13,9 @@ from typing import Any
 
 import aiohttp
 
+from adapters.kafka import new_consumer, started
 from deploy.local import stack
+from engine import topics
 from tests.bench.harness import Bench, peak_rss_mb, succeeded_per_region
 from tests.bench.pusher import Layer, Pusher
 
@@ -75,13 +77,7 @@ async def georep_bulk(bench: Bench, images: dict[str, list[Layer]], replicators:
 
 
 async def _events_published(bench: Bench, repositories: set[str], timeout_s: float = 300) -> None:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        "georep.events", bootstrap_servers=bench.info["kafka"], group_id=None, auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )  # fmt: skip
-    await consumer.start()
+    consumer = await started(new_consumer(bench.kafka(), "bench", topics.EVENTS, group=None))
     seen: set[str] = set()
     deadline = time.monotonic() + timeout_s
     try:

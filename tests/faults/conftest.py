@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 
+from adapters.kafka import new_admin, new_consumer, new_producer, running
 from deploy.local import stack
+from engine import topics
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.faults
@@ -31,9 +32,9 @@ pytestmark = pytest.mark.faults
 PORT_BASE = int(os.environ.get("GEOREP_FAULT_PORT_BASE", "25000"))
 RETRY_MAX_S = 2.0
 DRAIN_GRACE_S = 20.0
-EVENTS = "georep.events"
-LOG = "georep.replication-log"
-DEAD_LETTER = "georep.dead-letter"
+EVENTS = topics.EVENTS
+LOG = topics.REPLICATION_LOG
+DEAD_LETTER = topics.DEAD_LETTER
 
 #: name → seconds, for each measured recovery; printed at the end of the run
 RECOVERIES: dict[str, float] = {}
@@ -69,13 +70,7 @@ class Faults(Stack):
 
     async def topic(self, topic: str) -> list[Any]:
         """Every record now in `topic`, in partition and offset order."""
-        # Subscribed, not assigned: aiokafka 0.14 without a group raises CancelledError on stop after assign().
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=self.info["kafka"], group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )  # fmt: skip
-        await consumer.start()
-        try:
+        async with running(new_consumer(self.kafka(), "test", topic, group=None)) as consumer:
             partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
             ends = await consumer.end_offsets(partitions)
             found: list[Any] = []
@@ -88,8 +83,6 @@ class Faults(Stack):
                     if r.offset < ends[TopicPartition(r.topic, r.partition)]
                 ]
             return sorted(found, key=lambda r: (r.partition, r.offset))
-        finally:
-            await consumer.stop()
 
     async def log_records(self, **match: Any) -> list[dict[str, Any]]:
         """Replication records straight from the log topic (every attempt, not the store's latest)."""
@@ -100,31 +93,19 @@ class Faults(Stack):
         return [json.loads(r.value) for r in await self.topic(DEAD_LETTER)]
 
     async def end_offsets(self, topic: str = EVENTS) -> dict[int, int]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.info["kafka"], group_id=None)  # see topic()
-        await consumer.start()
-        try:
+        async with running(new_consumer(self.kafka(), "test", topic, group=None)) as consumer:
             partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
             return {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
-        finally:
-            await consumer.stop()
 
     async def committed(self, region: str) -> dict[int, int]:
         """The offsets region `region`'s consumer group has committed on georep.events."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.info["kafka"])
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(f"georep.replicator.{region}")
-        finally:
-            await admin.close()
+        async with running(new_admin(self.kafka(), "test")) as admin:
+            offsets = await admin.list_consumer_group_offsets(topics.replicator_group(region))
         return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == EVENTS}
 
     async def put_raw(self, key: bytes, value: bytes) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.info["kafka"], acks="all")
-        await producer.start()
-        try:
+        async with running(new_producer(self.kafka(), "test")) as producer:
             await producer.send_and_wait(EVENTS, value=value, key=key)
-        finally:
-            await producer.stop()
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ import aioboto3
 import aiohttp
 import pytest
 
-from consumers.store import RegionStore
+from adapters.store import RegionStore
 from deploy.local import images, skopeo, stack
 from deploy.local.probe import wait_served
 from deploy.registry_config import ACCESS_KEY_ENV, SECRET_KEY_ENV
@@ -173,7 +173,7 @@ class Stack(stack.Running):
         try:
             await stack.wait_ready(f"registry-{name}", registry_proc, lambda: stack._http_ok(f"http://{registry}/v2/"),
                                    logs / f"registry-{name}.log", 60)  # fmt: skip
-            await stack.wait_ready(f"replicator-{name}", replicator, lambda: stack._http_ok(f"{health}/healthz"),
+            await stack.wait_ready(f"replicator-{name}", replicator, lambda: stack._http_ok(f"{health}/readyz"),
                                    logs / f"replicator-{name}.log", 60)  # fmt: skip
             yield region
         finally:

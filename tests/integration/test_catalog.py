@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
-from consumers.catalog import CompactedView
+from adapters.compacted import CompactedView
+from adapters.kafka import new_admin, new_producer, running
 from engine.settings import KafkaSettings
 from tests.integration.conftest import Stack
 
@@ -19,21 +19,14 @@ VALUES = 150
 PADDING = b"." * 16_384
 
 
-async def _write(bootstrap: str, topic: str, writes: list[tuple[bytes, bytes | None]]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4 * 1024 * 1024)
-    await producer.start()
-    try:
+async def _write(kafka: KafkaSettings, topic: str, writes: list[tuple[bytes, bytes | None]]) -> None:
+    async with running(new_admin(kafka, "test")) as admin:
+        rf = kafka.replication_factor
+        await admin.create_topics([NewTopic(topic, 1, rf, topic_configs={"cleanup.policy": "compact"})])
+    async with running(new_producer(kafka, "test", max_request_size=4 * 1024 * 1024)) as producer:
         for key, value in writes:
             await producer.send(topic, value, key=key)
         await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def test_a_waiter_is_only_asked_about_the_topic_read_to_its_end(live: Stack) -> None:
@@ -42,9 +35,9 @@ async def test_a_waiter_is_only_asked_about_the_topic_read_to_its_end(live: Stac
     topic = live.unique("georep.test-compacted")
     old = [(b"r", f"old-{i}".encode() + PADDING) for i in range(VALUES)]
     new = [(b"r", f"new-{i}".encode() + PADDING) for i in range(VALUES)]
-    await _write(live.info["kafka"], topic, [*old, (b"r", None), *new, (b"gone", b"x"), (b"gone", None)])
+    await _write(live.kafka(), topic, [*old, (b"r", None), *new, (b"gone", b"x"), (b"gone", None)])
 
-    view = CompactedView(KafkaSettings(bootstrap_servers=live.info["kafka"]), topic, lambda v: v.split(b".")[0], "t")
+    view = CompactedView(live.kafka(), topic, lambda v: v.split(b".")[0], "t")
     seen: list[tuple[bytes | None, bool]] = []
 
     def ready(values: dict[str, bytes]) -> bool:

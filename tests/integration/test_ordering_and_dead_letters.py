@@ -6,9 +6,10 @@ import json
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
+from adapters.kafka import new_consumer, running
 from deploy.local import images
+from engine import topics
 from tests.integration.conftest import Stack
 from tests.integration.test_log_and_webhook import post
 
@@ -63,12 +64,7 @@ async def test_an_event_for_a_missing_manifest_is_dead_lettered_and_the_partitio
     digest = live.push_image(repo, "v2", images.image([images.layer(4_000, repo)]))
     await live.replicated(repo, "v2", digest)
 
-    consumer = AIOKafkaConsumer(
-        "georep.dead-letter", bootstrap_servers=live.info["kafka"], auto_offset_reset="earliest",
-        enable_auto_commit=False, group_id=None,
-    )  # fmt: skip
-    await consumer.start()
-    try:
+    async with running(new_consumer(live.kafka(), "test", topics.DEAD_LETTER, group=None)) as consumer:
         letters: dict[str, dict[str, Any]] = {}
         while set(letters) != set(live.regions):
             batch = await consumer.getmany(timeout_ms=1000)
@@ -78,7 +74,5 @@ async def test_an_event_for_a_missing_manifest_is_dead_lettered_and_the_partitio
                     letter = json.loads(record.value)
                     if (letter.get("event") or {}).get("id") == event_id:
                         letters[letter["region"]] = letter
-    finally:
-        await consumer.stop()
     for region, letter in letters.items():
         assert (letter["reason"], letter["attempts"], letter["event"]["digest"]) == ("not-found", 1, missing), region

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
-from consumers.registry import RegistryClient
+from adapters.registry import RegistryClient
 from deploy.local import images, skopeo, stack
 from engine.digest import Digest
 from engine.errors import NotFoundUpstream, UpstreamUnavailable

@@ -8,12 +8,12 @@ import aiohttp
 import orjson
 import pytest
 
+from adapters.kafka import Publisher
 from deploy.local import images, stack
 from deploy.local.probe import served_digest
+from engine import topics
 from engine.events import utcnow
 from engine.replicas import ReplicaDefinition
-from engine.settings import KafkaSettings
-from producers.kafka import Publisher
 from tests.integration.conftest import Stack, run_georep
 from tests.waiting import until
 
@@ -143,9 +143,9 @@ async def test_a_replica_rewritten_in_place_is_served_from_its_new_definition(li
         assert status == 200, body
         old = ReplicaDefinition.from_json(orjson.dumps(body["replica"]))
         new = old.model_copy(update={"prefix": "moved", "created_at": utcnow()})
-        publisher = Publisher(KafkaSettings(bootstrap_servers=live.info["kafka"]), "test")
+        publisher = Publisher(live.kafka(), "test")
         try:
-            await publisher.publish("georep.replicas", [(b"eu-paris", new.to_json())], 15)
+            await publisher.publish(topics.REPLICAS, [(b"eu-paris", new.to_json())], 15)
         finally:
             await publisher.close()
 

@@ -16,7 +16,7 @@ async def test_takers_wait_until_enough_bytes_are_given_back() -> None:
     await asyncio.sleep(0)  # let it reach its wait: it must not get in
     assert not waiting.done()
     assert budget.held == 60
-    await budget.give(60)
+    budget.release(60)
     await waiting
     assert budget.held == 50
 

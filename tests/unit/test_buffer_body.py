@@ -7,7 +7,7 @@ import io
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.store import BufferBody
+from adapters.store import BufferBody
 
 
 @given(st.binary(max_size=4096), st.lists(st.integers(min_value=-1, max_value=700), max_size=12))

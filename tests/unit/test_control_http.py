@@ -15,12 +15,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from consumers.control import Control
-from consumers.control_api import add_control_routes
+from adapters.health import Health
+from adapters.registry import RegistryClient
 from consumers.logstore import LogStore
-from consumers.logstore.api import build_app
-from consumers.registry import RegistryClient
-from engine.settings import KafkaSettings, PrimarySettings, Settings
+from engine import topics
+from engine.settings import KafkaSettings, LogStoreSettings, PrimarySettings, Settings
+from georep.api.control import Control
+from georep.api.service import api_app
 
 TOKEN = "operator-token-123456"
 
@@ -28,13 +29,16 @@ TOKEN = "operator-token-123456"
 async def _client(tmp_path: Path, token: str | None) -> AsyncIterator[TestClient[Any, Any]]:
     # Nothing listens on port 9: a request that reached Kafka or the primary would fail at once.
     settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9", request_timeout_ms=1000),
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9", request_timeout_ms=1000, security_protocol="PLAINTEXT"),
         primary=PrimarySettings(url="http://127.0.0.1:9", timeout_s=2),
     )
     async with LogStore(tmp_path / "log.sqlite3") as store, RegistryClient.session(settings.primary) as session:
-        app = build_app(store)
-        control = Control(settings, store, RegistryClient(settings.primary, session), load_timeout_s=0.5)
-        add_control_routes(app, control, SecretStr(token) if token else None)
+        settings = settings.model_copy(
+            update={"logstore": LogStoreSettings(api_token=SecretStr(token) if token else None)}
+        )
+        health = Health("api")
+        control = Control(settings, store, RegistryClient(settings.primary, session), load_timeout_s=0.5, health=health)
+        app = api_app(settings, store, control, health)
         async with TestClient(TestServer(app)) as client:
             yield client
 
@@ -81,10 +85,12 @@ async def test_nothing_about_replicas_is_answered_before_the_catalog_is_read(
         assert response.status == 503, "reading needs no token, but it does need the catalog"
         body = await response.json()
     assert body["error"] == "kafka-unavailable"
-    assert body["reason"].startswith("replicas not known yet: could not read georep.replicas from Kafka at 127.0.0.1:9")
+    assert body["reason"].startswith(
+        f"replicas not known yet: could not read {topics.REPLICAS} from Kafka at 127.0.0.1:9"
+    )
     async with guarded.get("/readyz") as response:
         assert response.status == 503
-        assert (await response.json())["error"] == "not-ready"
+        assert (await response.json())["waiting_for"] == ["replicas read from Kafka"]
 
 
 async def test_a_change_by_the_operator_waits_for_kafka_too(guarded: TestClient[Any, Any]) -> None:

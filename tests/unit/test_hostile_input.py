@@ -23,21 +23,21 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from adapters.kafka import Publisher
 from engine.digest import Digest
-from engine.errors import InvalidDigest, InvalidName
+from engine.errors import InvalidDigest, InvalidName, KafkaUnavailable
 from engine.events import ReplicationEvent
 from engine.layout import Layout
 from engine.manifests import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from engine.names import NAME_MAX_LENGTH, TAG_MAX_LENGTH, Repository, Tag
 from engine.settings import KafkaSettings, WebhookSettings
-from producers.kafka import KafkaUnavailable, Publisher
 from producers.webhook import WebhookApp
 from tests.unit.test_notifications import D1, dist_event, envelope, harbor_cloudevent, harbor_default
 
 TOKEN = "hostile-input-token-0123456789"
 V1 = "application/vnd.docker.distribution.events.v1+json"
 MAX_BODY = 4096
-KAFKA = KafkaSettings()
+KAFKA = KafkaSettings(security_protocol="PLAINTEXT")
 WEBHOOK = WebhookSettings(token=SecretStr(TOKEN), max_body_bytes=MAX_BODY, publish_timeout_s=1.0)
 PREFIXES = ["", "mirror", "a/b.c_d-e"]
 DISTRIBUTION = "/webhooks/distribution"

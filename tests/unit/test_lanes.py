@@ -7,11 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from consumers.lanes import Lane
+from engine import topics
 
 
 @dataclass(frozen=True)
 class TP:
-    topic: str = "georep.events"
+    topic: str = topics.EVENTS
     partition: int = 0
 
 
@@ -19,6 +20,7 @@ class TP:
 class Record:
     offset: int
     partition: int = 0
+    key: bytes | None = None
 
 
 async def until(condition: Callable[[], object], timeout_s: float = 5) -> None:
@@ -83,21 +85,43 @@ async def test_stop_abandons_an_event_that_outlives_the_grace_period() -> None:
     assert lane.done is None, "an abandoned event must never be committed"
 
 
-async def test_a_handler_bug_stalls_the_lane_instead_of_skipping_the_event() -> None:
+async def test_a_handler_bug_retries_the_event_and_shows_the_stall_until_it_goes_through() -> None:
+    """An unexpected error neither stops the lane for good (issue 15) nor skips the event: the lane stands
+    stalled, naming the offset and the error, retries with backoff, and moves on once the event succeeds."""
     handled: list[int] = []
+    failures = 3
 
     async def handle(record: Record) -> None:
-        if record.offset == 1:
+        nonlocal failures
+        if record.offset == 1 and failures:
+            failures -= 1
             raise RuntimeError("bug")
         handled.append(record.offset)
 
-    lane = Lane(TP(), handle, buffer=100)
+    lane = Lane(TP(), handle, buffer=100, retry_initial_s=0.01, retry_max_s=0.02)
     for offset in (0, 1, 2):
         lane.put(Record(offset))
-    await until(lane._task.done)
-    assert handled == [0]
-    assert lane.done == 1
+    await until(lambda: lane.stall is not None and lane.stall.attempts >= 2)
+    assert lane.stall is not None
+    assert (lane.stall.offset, lane.stall.error) == (1, "RuntimeError: bug")
+    assert lane.done == 1, "nothing past the failing event is done"
+    await until(lambda: lane.done == 3)
+    assert handled == [0, 1, 2]
+    assert lane.stall is None
+    assert not lane._task.done(), "the lane keeps running"
     await lane.stop(grace_s=0)
+
+
+async def test_a_stalled_lane_still_stops_when_asked() -> None:
+    async def handle(record: Record) -> None:
+        raise RuntimeError("always")
+
+    lane = Lane(TP(), handle, buffer=100, retry_initial_s=0.01, retry_max_s=0.01)
+    lane.put(Record(5))
+    await until(lambda: lane.stall is not None)
+    await lane.stop(grace_s=0.1)
+    assert lane._task.done()
+    assert lane.done is None, "the failing event is never committed"
 
 
 async def test_full_and_drained_thresholds() -> None:
@@ -115,4 +139,26 @@ async def test_full_and_drained_thresholds() -> None:
     gate.set()
     await until(lambda: lane.done == 6)
     assert lane.drained
+    await lane.stop(grace_s=1)
+
+
+async def test_settled_returns_once_every_event_before_an_offset_is_done_and_keys_are_tracked() -> None:
+    gate = asyncio.Event()
+
+    async def handle(record: Record) -> None:
+        if record.offset == 12:
+            await gate.wait()
+
+    lane = Lane(TP(), handle, buffer=100)
+    for offset, key in ((10, b"team/a"), (11, b"team/b"), (12, b"team/a"), (13, None)):
+        lane.put(Record(offset, key=key))
+    await asyncio.wait_for(lane.settled(12), 5)  # 10 and 11 are done; 12 waits
+    waiting = asyncio.create_task(lane.settled(13))
+    await asyncio.sleep(0)
+    assert not waiting.done(), "offset 12 is not done yet"
+    assert lane.last_offset == {b"team/a": 12, b"team/b": 11}
+    gate.set()
+    await asyncio.wait_for(waiting, 5)
+    assert lane.done is not None
+    assert lane.done >= 13
     await lane.stop(grace_s=1)

@@ -40,6 +40,7 @@ def test_link_body_is_exactly_the_digest_without_newline() -> None:
             f"{V2}/repositories/library/nginx/_manifests/tags/1.27/current/link",
         ),
         (lambda lo: lo.tag_state(REPO, TAG), "georep/v1/repositories/library/nginx/_tags/1.27"),
+        (lambda lo: lo.reconciled(REPO), "georep/v1/repositories/library/nginx/_reconciled"),
     ],
 )
 def test_every_key_with_and_without_prefix(build: object, expected: str) -> None:
@@ -65,6 +66,7 @@ def test_parse_inverts_every_builder(prefix: str) -> None:
         layout.tag_index_link(REPO, TAG, D): ParsedKey(KeyKind.TAG_INDEX_LINK, digest=D, repository=REPO, tag=TAG),
         layout.tag_current_link(REPO, TAG): ParsedKey(KeyKind.TAG_CURRENT_LINK, repository=REPO, tag=TAG),
         layout.tag_state(REPO, TAG): ParsedKey(KeyKind.TAG_STATE, repository=REPO, tag=TAG),
+        layout.reconciled(REPO): ParsedKey(KeyKind.RECONCILED, repository=REPO),
     }
     for key, parsed in cases.items():
         assert layout.parse(key) == parsed

@@ -15,9 +15,11 @@ from aiohttp.test_utils import TestServer
 
 from consumers.logstore import LogQuery, LogStore, add_logs_arguments, run_logs
 from consumers.logstore.api import build_app
-from consumers.logstore.client import LogsUnavailable, fetch
+from consumers.logstore.client import fetch
+from engine.errors import ApiRefused
 from engine.events import ReplicationRecord
 from engine.settings import LogStoreSettings, Settings
+from georep.cli import finish
 
 NOW = datetime.now(UTC)
 DIGEST = "sha256:" + "d" * 64
@@ -69,7 +71,8 @@ async def url(tmp_path: Path) -> AsyncIterator[str]:
 async def logs(url: str, *argv: str) -> int:
     parser = argparse.ArgumentParser(prog="georep logs")
     add_logs_arguments(parser)
-    return await run_logs(Settings(logstore=LogStoreSettings(url=url)), parser.parse_args(argv))
+    # As the command runs it: a georep error becomes one line on stderr and an exit code.
+    return await finish("logs", run_logs(Settings(logstore=LogStoreSettings(url=url)), parser.parse_args(argv)))
 
 
 async def test_json_prints_one_record_per_line_newest_first(url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -121,7 +124,7 @@ async def test_nothing_found_is_said_on_stderr(url: str, capsys: pytest.CaptureF
 
 
 async def test_a_bad_filter_fails_with_one_line_naming_the_option(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert await logs(url, "--digest", "sha256:nope") == 1
+    assert await logs(url, "--digest", "sha256:nope") == 2
 
     err = capsys.readouterr().err
     assert err.startswith("georep logs: --digest: invalid digest 'sha256:nope'")
@@ -129,7 +132,7 @@ async def test_a_bad_filter_fails_with_one_line_naming_the_option(url: str, caps
 
 
 async def test_from_beginning_needs_follow(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert await logs(url, "--from-beginning") == 1
+    assert await logs(url, "--from-beginning") == 2
 
     assert "--from-beginning only applies with --follow" in capsys.readouterr().err
 
@@ -137,10 +140,10 @@ async def test_from_beginning_needs_follow(url: str, capsys: pytest.CaptureFixtu
 async def test_an_unreachable_log_store_fails_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     down = f"http://127.0.0.1:{free_port()}"
 
-    assert await logs(down) == 1
+    assert await logs(down) == 3
 
     err = capsys.readouterr().err
-    assert err.startswith(f"georep logs: cannot reach the log store at {down}")
+    assert err.startswith(f"georep logs: cannot reach the georep API at {down}")
     assert err.count("\n") == 1
 
 
@@ -148,5 +151,5 @@ async def test_a_query_the_server_refuses_carries_its_reason(url: str) -> None:
     # Skipping validation stands in for an older client talking to a stricter server.
     refused = LogQuery.model_construct(limit=0)
 
-    with pytest.raises(LogsUnavailable, match=r"refused the query: limit: Input should be greater than or equal to 1"):
+    with pytest.raises(ApiRefused, match=r"refused the query: limit: Input should be greater than or equal to 1"):
         await fetch(url, refused)

@@ -11,8 +11,8 @@ import aiohttp
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
-from consumers.logstore.service import serve_logstore
 from engine.settings import KafkaSettings, LogStoreSettings, Settings
+from georep.api.service import serve_logstore
 
 
 def free_port() -> int:
@@ -49,7 +49,9 @@ class LogEvents:
 async def test_http_serves_while_kafka_is_unreachable_and_stop_ends_it(tmp_path: Path) -> None:
     port = free_port()
     settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", request_timeout_ms=1000),
+        kafka=KafkaSettings(
+            bootstrap_servers=f"127.0.0.1:{free_port()}", request_timeout_ms=1000, security_protocol="PLAINTEXT"
+        ),
         logstore=LogStoreSettings(path=tmp_path / "db" / "log.sqlite3", host="127.0.0.1", port=port),
     )
     stop = asyncio.Event()
@@ -60,9 +62,15 @@ async def test_http_serves_while_kafka_is_unreachable_and_stop_ends_it(tmp_path:
         # Once Kafka has been refused, the service is in its retry loop: HTTP must already answer.
         await events.wait_for("logstore.kafka_unavailable", meanwhile=service)
 
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as response:
-            assert response.status == 200
-            assert await response.json() == {"status": "ok", "records": 0}
+        await events.wait_for("health.problem", meanwhile=service)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/logs") as response:
+                assert response.status == 200, "the log is read from the store, which needs no Kafka"
+                assert await response.json() == {"records": []}
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 503, "health tells the truth: Kafka does not answer"
+                problems = (await response.json())["problems"]
+                assert [(p["check"], p["subject"]) for p in problems] == [("kafka", settings.kafka.bootstrap_servers)]
 
         stop.set()
         async with asyncio.timeout(10):

@@ -66,13 +66,16 @@ def test_only_tag_pointers_are_overwritten() -> None:
     assert overwritten == {Phase.TAG_STATE, Phase.TAG_CURRENT_LINK}
 
 
-def test_a_repair_plan_rewrites_every_key_in_the_same_order() -> None:
+def test_a_repair_plan_checks_every_key_in_the_same_order() -> None:
     img = image(1, 2)
     normal = build_plan(LAYOUT, REPO, img, {}, TAG, state(img))
     repair = build_plan(LAYOUT, REPO, img, {}, TAG, state(img), repair=True)
     assert [(w.phase, w.key, w.body) for w in repair.writes] == [(w.phase, w.key, w.body) for w in normal.writes]
-    assert {w.mode for w in repair.writes if w.phase is Phase.BLOB_DATA} == {Mode.RECOPY_BLOB}
-    assert {w.mode for w in repair.writes if w.phase is not Phase.BLOB_DATA} == {Mode.OVERWRITE}
+    assert {w.mode for w in repair.writes if w.phase is Phase.BLOB_DATA} == {Mode.REPAIR_BLOB}
+    assert {w.mode for w in repair.writes if w.phase in (Phase.TAG_STATE, Phase.TAG_CURRENT_LINK)} == {Mode.OVERWRITE}
+    assert {w.mode for w in repair.writes if w.phase < Phase.TAG_STATE and w.phase is not Phase.BLOB_DATA} == {
+        Mode.REPAIR
+    }
 
 
 def test_untagged_push_writes_no_tag() -> None:

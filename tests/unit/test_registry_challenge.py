@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from consumers.registry import Challenge, _next_page, parse_challenge
+from adapters.registry import Challenge, _next_page, parse_challenge
 
 # -- WWW-Authenticate -------------------------------------------------------------
 

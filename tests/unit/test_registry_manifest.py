@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from consumers.registry import RegistryClient
+from adapters.registry import RegistryClient
 from engine.digest import Digest
 from engine.errors import DigestMismatch
 from engine.manifests import OCI_MANIFEST

@@ -22,21 +22,25 @@ import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from botocore.exceptions import ClientError
 
+from adapters.kafka import Publisher
 from engine.errors import StorageUnavailable, UpstreamUnavailable
 from engine.logconfig import REDACTED, configure_logging, register_secrets, settings_secrets
 from engine.settings import CONFIG_ENV, ConfigError, Settings, load_settings
-from producers.kafka import Publisher
 from producers.webhook import WebhookApp
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_KEY = "S3cr3t/Key+For+Tests/9f8e7d6c5b4a"
 PASSWORD = "Registry-Passw0rd-7c4d1e"
 TOKEN = "Webhook-Token-5b2a9c71e0"
-SECRETS = (SECRET_KEY, PASSWORD, TOKEN)
+KAFKA_PASSWORD = "Kafka-Scram-Passw0rd-31d9"
+SECRETS = (SECRET_KEY, PASSWORD, TOKEN, KAFKA_PASSWORD)
 
 GOOD = f"""
 [kafka]
 bootstrap_servers = "127.0.0.1:1"
+security_protocol = "SASL_PLAINTEXT"
+username = "webhook"
+password = "{KAFKA_PASSWORD}"
 
 [primary]
 url = "http://127.0.0.1:5000"

@@ -106,3 +106,18 @@ def test_the_cli_refuses_to_start_on_bad_configuration(config: Path) -> None:
     assert "regions.ap-singapore.bucket: Field required" in result.stderr
     assert "GEOREP_REGIONS__AP-SINGAPORE__BUCKET" in result.stderr
     assert "very-secret-key-123" not in result.stderr + result.stdout
+
+
+def test_topics_get_their_configs_and_min_insync_replicas_with_three_copies() -> None:
+    from adapters.kafka import topic_specs
+    from engine.settings import KafkaSettings
+
+    one = {t.name: t for t in topic_specs(KafkaSettings())}
+    three = {t.name: t for t in topic_specs(KafkaSettings(replication_factor=3, events_retention_ms=1000))}
+    assert one[KafkaSettings().events_topic].topic_configs["min.insync.replicas"] == "1"
+    for name, topic in three.items():
+        assert (topic.replication_factor, topic.topic_configs["min.insync.replicas"]) == (3, "2"), name
+        assert topic.replica_assignments is None or topic.replica_assignments == {}, name
+    events = three[KafkaSettings().events_topic]
+    assert (events.num_partitions, events.topic_configs["retention.ms"]) == (8, "1000")
+    assert three[KafkaSettings().replicas_topic].topic_configs["cleanup.policy"] == "compact"

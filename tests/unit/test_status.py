@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.status import image_status, percentile
 from engine.digest import Digest
 from engine.errors import InvalidEvent
 from engine.events import Action, ReplicationRecord, Status
 from engine.names import Repository, Tag
 from engine.replicas import ReplicaDefinition
+from georep.api.status import image_status, percentile
 from producers.backfill import Checkpoint, State, current_checkpoint
 
 REPO = Repository.parse("team/app")

@@ -9,18 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from consumers.verify import (
-    Checked,
-    Finding,
-    Kind,
-    Report,
-    Seen,
-    compare,
-    extra_tags,
-    render_json,
-    render_text,
-    repair_events,
-)
+from consumers.drift import Checked, Finding, Kind, Seen, Skipped, compare, extra_tags, repair_events
+from consumers.verify import Report, render_json, render_text
 from engine.digest import Digest
 from engine.events import Action, ReplicationEvent, Source
 from engine.layout import Layout, link_body
@@ -279,7 +269,7 @@ def test_one_repair_event_per_damaged_tag_dated_when_the_tag_was_read() -> None:
         checked("v2", Kind.BLOB_CORRUPT),
     ]
     now = READ_AT + timedelta(minutes=5)
-    events = repair_events(report.damaged, "ap-singapore", now)
+    events = repair_events(report.damaged, "ap-singapore", now=now)
     assert [(e.repository, e.tag) for e in events] == [(REPO, Tag.parse("v1")), (REPO, Tag.parse("v2"))]
     for event in events:
         assert event.id.startswith("verify-ap-singapore-")
@@ -331,7 +321,7 @@ def test_text_report_has_one_line_per_finding_and_a_summary() -> None:
 
 def test_json_report_carries_every_finding_and_repair() -> None:
     report = Report("ap-singapore", repositories=1, blobs=2, checked=[checked("v1", Kind.BLOB_MISSING)])
-    report.skipped.append(("team/app:gone", "deleted on the primary while verify ran"))
+    report.skipped.append(Skipped("team/app:gone", "deleted on the primary while verify ran"))
     events = repair_events(report.damaged, "ap-singapore")
     doc = json.loads(render_json(report, events))
     assert (doc["region"], doc["tags"], doc["blobs"], doc["differences"]) == ("ap-singapore", 1, 2, 1)

@@ -10,23 +10,27 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from adapters.kafka import Publisher
 from engine.errors import InvalidInput
 from engine.settings import KafkaSettings, WebhookSettings
-from producers.kafka import Publisher
 from producers.webhook import WebhookApp
 from tests.unit.test_notifications import dist_event, envelope, harbor_default
 
 TOKEN = "s3cret-token-for-tests"
 V1 = "application/vnd.docker.distribution.events.v1+json"
 # Port 1 on loopback: nothing listens, so Kafka is "down" for real.
-DOWN = KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_ms=1000)
+DOWN = KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_ms=1000, security_protocol="PLAINTEXT")
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+def webhook() -> WebhookApp:
     settings = WebhookSettings(token=SecretStr(TOKEN), max_body_bytes=4096, publish_timeout_s=1.0)
-    app = WebhookApp(settings, DOWN, Publisher(DOWN, "test")).app()
-    async with TestClient(TestServer(app)) as test_client:
+    return WebhookApp(settings, DOWN, Publisher(DOWN, "test"))
+
+
+@pytest.fixture
+async def client(webhook: WebhookApp) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    async with TestClient(TestServer(webhook.app())) as test_client:
         yield test_client
 
 
@@ -93,12 +97,19 @@ async def test_skipped_only_envelope_is_acknowledged_without_kafka(client: TestC
     }
 
 
-async def test_kafka_down_gets_503_so_the_registry_retries(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_kafka_down_gets_503_so_the_registry_retries(client: TestClient, webhook: WebhookApp) -> None:  # type: ignore[type-arg]
     response = await client.post("/webhooks/distribution", data=envelope(dist_event()), headers=auth())
     assert response.status == 503
     assert (await response.json())["error"] == "kafka-unavailable"
-    assert (await client.get("/readyz")).status == 503
-    assert (await client.get("/healthz")).status == 200
+    # Readiness never trusts a flag: it is the probe's last answer (issue 15: it stayed ready with Kafka gone).
+    assert (await client.get("/readyz")).status == 503, "no probe has answered yet"
+    assert not await webhook.monitor.check_once()
+    for path in ("/readyz", "/healthz"):
+        answer = await client.get(path)
+        assert answer.status == 503
+        (problem,) = (await answer.json())["problems"]
+        assert (problem["check"], problem["subject"]) == ("kafka", "127.0.0.1:1")
+        assert problem["detail"].startswith("brokers unreachable")
 
 
 async def test_the_token_never_reaches_the_logs(client: TestClient) -> None:  # type: ignore[type-arg]

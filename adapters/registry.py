@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ import aiohttp
 import orjson
 import structlog
 
+from adapters.meter import UNMETERED, Meter
 from engine.digest import Digest
-from engine.errors import GeorepError, NotFoundUpstream, UpstreamUnavailable, most_telling
+from engine.errors import NotFoundUpstream, UpstreamRefused, UpstreamUnavailable, most_telling
 from engine.manifests import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from engine.names import Repository, Tag
 from engine.plan import child_digests
@@ -32,12 +34,6 @@ log = structlog.get_logger(__name__)
 
 _CHALLENGE_PARAM: Final = re.compile(r'(\w+)="([^"]*)"')
 _NEXT_LINK: Final = re.compile(r'<([^>]*)>[^,]*?;\s*rel="?next"?\s*(?:[;,]|$)', re.IGNORECASE)
-
-
-class UpstreamRefused(GeorepError):
-    """The primary refused a request in a way retrying cannot fix (400, 405, ...)."""
-
-    reason = "upstream-refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +54,67 @@ class _Token:
     expires_at: float
 
 
+#: scopes whose bearer token is kept (one per repository pulled from); the least recently used goes first
+TOKEN_CACHE_SIZE: Final = 1024
+#: a token is renewed this long before the registry says it expires, so it never expires mid-request
+TOKEN_MARGIN_S: Final = 10.0
+#: what a token lives when the token server does not say (the distribution token spec's default)
+TOKEN_DEFAULT_S: Final = 60.0
+
+
+class TokenCache:
+    """Bearer tokens by scope: bounded (least recently used goes), each honouring its `expires_in`, and one
+    fetch per scope at a time, so that many requests answered 401 at once ask the token server once."""
+
+    def __init__(self, size: int = TOKEN_CACHE_SIZE) -> None:
+        self.size = size
+        self._tokens: OrderedDict[str, _Token] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def get(self, scope: str) -> str | None:
+        token = self._tokens.get(scope)
+        if token is None:
+            return None
+        if token.expires_at <= time.monotonic():
+            del self._tokens[scope]
+            return None
+        self._tokens.move_to_end(scope)
+        return token.value
+
+    def put(self, scope: str, value: str, lifetime_s: float) -> None:
+        self._tokens[scope] = _Token(value, time.monotonic() + max(lifetime_s - TOKEN_MARGIN_S, 1.0))
+        self._tokens.move_to_end(scope)
+        while len(self._tokens) > self.size:
+            self._tokens.popitem(last=False)
+
+    def lock(self, scope: str) -> asyncio.Lock:
+        lock = self._locks.get(scope)
+        if lock is None:
+            # Locks of scopes no longer cached are dropped once idle, so they stay bounded too.
+            if len(self._locks) >= 2 * self.size:
+                for idle in [s for s, known in self._locks.items() if not known.locked() and s not in self._tokens]:
+                    del self._locks[idle]
+            lock = self._locks[scope] = asyncio.Lock()
+        return lock
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What the primary answers to a HEAD of a manifest: enough to compare a tag without fetching it."""
+
+    digest: Digest
+    media_type: str | None
+    size: int | None
+
+
 class RegistryClient:
-    def __init__(self, settings: PrimarySettings, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: PrimarySettings, session: aiohttp.ClientSession, meter: Meter = UNMETERED) -> None:
+        self._settings = settings
+        #: counts (and, with a rate, spaces out) every request this client makes
+        self.meter = meter
         self._base = settings.url
         self._session = session
         # The header value itself: aiohttp 3.14 deprecates BasicAuth and the `auth=` argument.
@@ -67,8 +122,14 @@ class RegistryClient:
         if settings.username is not None:
             password = settings.password.get_secret_value() if settings.password else ""
             self._basic = aiohttp.encode_basic_auth(settings.username, password)
-        self._tokens: dict[str, _Token] = {}
+        self.tokens = TokenCache()
         self._use_basic = False
+
+    def metered(self, meter: Meter) -> RegistryClient:
+        """The same primary, session and tokens, with requests counted and limited by `meter`."""
+        view = RegistryClient(self._settings, self._session, meter)
+        view.tokens, view._use_basic = self.tokens, self._use_basic
+        return view
 
     @staticmethod
     def session(settings: PrimarySettings, connections: int = 32) -> aiohttp.ClientSession:
@@ -116,6 +177,45 @@ class RegistryClient:
         async with self._get(f"/v2/{repository}/blobs/{digest}", repository, {}) as response:
             yield response
 
+    async def head(self, repository: Repository, reference: str) -> Head | None:
+        """The digest (and type and size) `reference` names on the primary now, without its bytes; None if absent."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        try:
+            async with self._get(path, repository, {"Accept": ACCEPT}, method="HEAD") as response:
+                headers = response.headers
+        except NotFoundUpstream:
+            return None
+        served = headers.get("Docker-Content-Digest")
+        if not served:
+            raise UpstreamRefused(f"primary registry names no Docker-Content-Digest for {path}", path=path)
+        length = headers.get("Content-Length")
+        media_type = (headers.get("Content-Type") or "").split(";")[0].strip() or None
+        return Head(Digest.parse(served), media_type, int(length) if length and length.isdigit() else None)
+
+    async def harbor_repositories(self, page_size: int = 100) -> AsyncIterator[Repository]:
+        """Every repository through Harbor's API (projects, then each project's repositories), for a Harbor
+        whose `/v2/_catalog` is for administrators only."""
+        async for project in self._harbor_pages("/api/v2.0/projects", page_size):
+            name = project.get("name")
+            if isinstance(name, str) and name:
+                async for repository in self._harbor_pages(f"/api/v2.0/projects/{name}/repositories", page_size):
+                    if isinstance(repository.get("name"), str):
+                        yield Repository.parse(repository["name"])
+
+    async def _harbor_pages(self, path: str, page_size: int) -> AsyncIterator[dict[str, Any]]:
+        page = 1
+        while True:
+            async with self._get(f"{path}?page={page}&page_size={page_size}", None, {}, basic=True) as response:
+                items = await response.json(loads=orjson.loads)
+            if not isinstance(items, list):
+                raise UpstreamRefused(f"Harbor answered {path} with something that is not a list", path=path)
+            for item in items:
+                if isinstance(item, dict):
+                    yield item
+            if len(items) < page_size:
+                return
+            page += 1
+
     async def catalog(self, page_size: int = 1000) -> AsyncIterator[Repository]:
         path: str | None = f"/v2/_catalog?n={page_size}"
         while path:
@@ -140,19 +240,31 @@ class RegistryClient:
 
     @asynccontextmanager
     async def _get(
-        self, path: str, repository: Repository | None, headers: dict[str, str]
+        self,
+        path: str,
+        repository: Repository | None,
+        headers: dict[str, str],
+        *,
+        method: str = "GET",
+        basic: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         scope = f"repository:{repository}:pull" if repository else "registry:catalog:*"
         url = self._base + path
+
+        async def send() -> aiohttp.ClientResponse:
+            auth = {"Authorization": self._basic} if basic and self._basic else self._auth_headers(scope)
+            async with self.meter:
+                return await self._session.request(method, url, headers=auth | headers)
+
         try:
-            response = await self._session.get(url, headers=self._auth_headers(scope) | headers)
-            if response.status == 401:
+            response = await send()
+            if response.status == 401 and not basic:
                 try:
                     retry = await self._answer_challenge(response, scope)
                 finally:
                     response.release()
                 if retry:
-                    response = await self._session.get(url, headers=self._auth_headers(scope) | headers)
+                    response = await send()
             try:
                 _raise_for_status(response, path)
                 yield response
@@ -162,9 +274,9 @@ class RegistryClient:
             raise UpstreamUnavailable(f"primary registry unreachable: {type(exc).__name__}: {exc}", path=path) from exc
 
     def _auth_headers(self, scope: str) -> dict[str, str]:
-        token = self._tokens.get(scope)
-        if token is not None and token.expires_at > time.monotonic():
-            return {"Authorization": f"Bearer {token.value}"}
+        token = self.tokens.get(scope)
+        if token is not None:
+            return {"Authorization": f"Bearer {token}"}
         if self._use_basic and self._basic is not None:
             return {"Authorization": self._basic}
         return {}
@@ -176,11 +288,14 @@ class RegistryClient:
             self._use_basic = True
             return True
         if challenge.scheme == "bearer" and "realm" in challenge.params:
-            self._tokens[scope] = await self._fetch_token(challenge, scope)
+            async with self.tokens.lock(scope):
+                if self.tokens.get(scope) is None:  # another request of this scope may have fetched it meanwhile
+                    value, lifetime = await self._fetch_token(challenge, scope)
+                    self.tokens.put(scope, value, lifetime)
             return True
         return False
 
-    async def _fetch_token(self, challenge: Challenge, scope: str) -> _Token:
+    async def _fetch_token(self, challenge: Challenge, scope: str) -> tuple[str, float]:
         params = {"scope": challenge.params.get("scope", scope)}
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
@@ -192,9 +307,9 @@ class RegistryClient:
         value = doc.get("token") or doc.get("access_token")
         if not isinstance(value, str) or not value:
             raise UpstreamUnavailable("token endpoint answered without a token")
-        # Renew a little early so a token never expires mid-request.
-        lifetime = float(doc.get("expires_in") or 60)
-        return _Token(value, time.monotonic() + max(lifetime - 10, 1))
+        expires_in = doc.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else TOKEN_DEFAULT_S
+        return value, lifetime
 
 
 def _raise_for_status(response: aiohttp.ClientResponse, path: str) -> None:
@@ -205,7 +320,9 @@ def _raise_for_status(response: aiohttp.ClientResponse, path: str) -> None:
         raise NotFoundUpstream(f"primary registry has no {path}", path=path)
     if status in (401, 403):
         # Wrong or missing credentials are fixed by an operator, not by giving up on the event.
-        raise UpstreamUnavailable(f"primary registry refused credentials ({status}) for {path}", path=path)
+        raise UpstreamUnavailable(
+            f"primary registry refused credentials ({status}) for {path}", path=path, status=status
+        )
     if status == 429 or status >= 500:
         raise UpstreamUnavailable(f"primary registry answered {status} for {path}", path=path)
     raise UpstreamRefused(f"primary registry answered {status} for {path}", path=path)

@@ -22,6 +22,7 @@ import structlog
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from adapters.meter import UNMETERED, Meter
 from engine.digest import Digest
 from engine.errors import StorageUnavailable
 from engine.settings import RegionSettings
@@ -102,9 +103,15 @@ def _unavailable(exc: Exception, key: str) -> StorageUnavailable:
 
 
 class RegionStore:
-    def __init__(self, client: S3Client, bucket: str) -> None:
+    def __init__(self, client: S3Client, bucket: str, meter: Meter = UNMETERED) -> None:
         self._s3 = client
         self.bucket = bucket
+        #: counts (and, with a rate, spaces out) every request this view of the bucket makes
+        self.meter = meter
+
+    def metered(self, meter: Meter) -> RegionStore:
+        """The same bucket and connections, with requests counted and limited by `meter`."""
+        return RegionStore(self._s3, self.bucket, meter)
 
     @classmethod
     @asynccontextmanager
@@ -136,7 +143,8 @@ class RegionStore:
     async def check(self) -> None:
         """Raise StorageUnavailable unless the bucket exists and these credentials reach it."""
         with _storage_errors(f"bucket {self.bucket}"):
-            await self._s3.head_bucket(Bucket=self.bucket)
+            async with self.meter:
+                await self._s3.head_bucket(Bucket=self.bucket)
 
     async def exists(self, key: str) -> bool:
         return await self.size(key) is not None
@@ -145,7 +153,8 @@ class RegionStore:
         """The object's length in bytes (one HEAD), or None if it does not exist."""
         try:
             with _storage_errors(key, 404):
-                head = await self._s3.head_object(Bucket=self.bucket, Key=key)
+                async with self.meter:
+                    head = await self._s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError:
             return None
         return int(head["ContentLength"])
@@ -155,7 +164,8 @@ class RegionStore:
         hasher = hashlib.new(algorithm)
         try:
             with _storage_errors(key, 404):
-                response = await self._s3.get_object(Bucket=self.bucket, Key=key)
+                async with self.meter:
+                    response = await self._s3.get_object(Bucket=self.bucket, Key=key)
                 stream = response["Body"]
                 async with stream:  # releases the connection, read or not (it enters as the raw response)
                     async for chunk in stream.iter_chunks(chunk_size):
@@ -166,16 +176,35 @@ class RegionStore:
 
     async def keys(self, prefix: str) -> AsyncIterator[str]:
         """Every key under `prefix` (ListObjectsV2, page by page)."""
-        paginator = self._s3.get_paginator("list_objects_v2")
+        async for page in self._pages("list_objects_v2", prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    async def listing(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """key -> (size, ETag without quotes) of every object under `prefix`."""
+        found: dict[str, tuple[int, str]] = {}
+        async for page in self._pages("list_objects_v2", prefix):
+            for item in page.get("Contents", []):
+                found[item["Key"]] = (int(item["Size"]), str(item.get("ETag", "")).strip('"'))
+        return found
+
+    async def _pages(self, operation: Any, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        """The pages of a listing, each one metered request."""
+        pages = self._s3.get_paginator(operation).paginate(Bucket=self.bucket, Prefix=prefix).__aiter__()
         with _storage_errors(prefix):
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                for item in page.get("Contents", []):
-                    yield item["Key"]
+            while True:
+                async with self.meter:
+                    try:
+                        page: dict[str, Any] = await anext(pages)
+                    except StopAsyncIteration:
+                        return
+                yield page
 
     async def get(self, key: str) -> bytes | None:
         try:
             with _storage_errors(key, 404):
-                response = await self._s3.get_object(Bucket=self.bucket, Key=key)
+                async with self.meter:
+                    response = await self._s3.get_object(Bucket=self.bucket, Key=key)
                 async with response["Body"] as body:
                     data: bytes = await body.read()
                     return data
@@ -187,9 +216,10 @@ class RegionStore:
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
         try:
             with _storage_errors(key, *([412] if if_absent else [])):
-                await self._s3.put_object(
-                    Bucket=self.bucket, Key=key, Body=_blob(body), ContentLength=len(body), **extra
-                )
+                async with self.meter:
+                    await self._s3.put_object(
+                        Bucket=self.bucket, Key=key, Body=_blob(body), ContentLength=len(body), **extra
+                    )
         except ClientError:
             return False  # 412: it is there already
         return True
@@ -197,13 +227,15 @@ class RegionStore:
     async def delete(self, key: str) -> None:
         """Remove `key`; a key that is not there is already deleted."""
         with _storage_errors(key):
-            await self._s3.delete_object(Bucket=self.bucket, Key=key)
+            async with self.meter:
+                await self._s3.delete_object(Bucket=self.bucket, Key=key)
 
     @asynccontextmanager
     async def multipart(self, key: str) -> AsyncIterator[Multipart]:
         """A multipart upload that is aborted unless `complete()` succeeded inside the block."""
         with _storage_errors(key):
-            created = await self._s3.create_multipart_upload(Bucket=self.bucket, Key=key)
+            async with self.meter:
+                created = await self._s3.create_multipart_upload(Bucket=self.bucket, Key=key)
         upload = Multipart(self._s3, self.bucket, key, created["UploadId"], datetime.now(UTC))
         try:
             yield upload
@@ -215,10 +247,8 @@ class RegionStore:
     async def open_uploads(self, prefix: str = "") -> list[tuple[str, str, datetime]]:
         """(key, upload id, initiated) of every unfinished multipart upload under `prefix`."""
         found: list[tuple[str, str, datetime]] = []
-        paginator = self._s3.get_paginator("list_multipart_uploads")
-        with _storage_errors(prefix):
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                found += [(u["Key"], u["UploadId"], u["Initiated"]) for u in page.get("Uploads", [])]
+        async for page in self._pages("list_multipart_uploads", prefix):
+            found += [(u["Key"], u["UploadId"], u["Initiated"]) for u in page.get("Uploads", [])]
         return found
 
     async def abort_uploads(self, prefix: str, before: datetime) -> int:
@@ -229,7 +259,8 @@ class RegionStore:
                 continue  # someone's live upload
             try:
                 with _storage_errors(key, "NoSuchUpload"):
-                    await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                    async with self.meter:
+                        await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             except ClientError:
                 continue  # aborted or completed meanwhile by its owner
             log.info("store.upload_aborted", key=key, upload_id=upload_id, initiated=initiated.isoformat())

@@ -18,22 +18,15 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from engine.errors import GeorepError, InvalidEvent
+from adapters.kafka import KAFKA_ERRORS, ensure_topics, start_reader
+from adapters.runtime import retry_until_stopped, unless_stopped
+from engine.errors import CatalogUnavailable, InvalidEvent
 from engine.replicas import ReplicaDefinition
 from engine.settings import KafkaSettings
-from georep.runtime import retry_until_stopped, unless_stopped
-from producers.kafka import ensure_topics, start_reader
 
 log = structlog.get_logger(__name__)
 V = TypeVar("V")
 _POLL_MS: Final = 500
-
-
-class CatalogUnavailable(GeorepError):
-    """Kafka did not answer in time: the caller cannot know which replicas exist."""
-
-    retriable = True
-    reason = "kafka-unavailable"
 
 
 class CompactedView(Generic[V]):
@@ -44,7 +37,7 @@ class CompactedView(Generic[V]):
     """
 
     def __init__(self, kafka: KafkaSettings, topic: str, decode: Callable[[bytes], V], role: str) -> None:
-        self._kafka = kafka
+        self.kafka = kafka
         self.topic = topic
         self._decode = decode
         self._role = role
@@ -56,10 +49,10 @@ class CompactedView(Generic[V]):
 
     async def run(self, stop: asyncio.Event) -> None:
         async def connect() -> AIOKafkaConsumer:
-            await ensure_topics(self._kafka)
-            return await start_reader(self._kafka, self.topic, f"{self._role}-catalog")
+            await ensure_topics(self.kafka, self._role)
+            return await start_reader(self.kafka, self.topic, self._role)
 
-        consumer = await retry_until_stopped(connect, (KafkaError, OSError), stop, "catalog.kafka_unavailable")
+        consumer = await retry_until_stopped(connect, KAFKA_ERRORS, stop, "catalog.kafka_unavailable")
         if consumer is None:
             return
         self._consumer = consumer
@@ -82,7 +75,7 @@ class CompactedView(Generic[V]):
                     self._changed.notify_all()
         finally:
             self._consumer = None
-            with contextlib.suppress(KafkaError, OSError):
+            with contextlib.suppress(*KAFKA_ERRORS):
                 await consumer.stop()
 
     def _apply(self, key: bytes | None, value: bytes | None, offset: int) -> None:
@@ -111,7 +104,7 @@ class CompactedView(Generic[V]):
                     await self._changed.wait_for(lambda: all(self._positions.get(tp, 0) >= n for tp, n in ends.items()))
         except (TimeoutError, KafkaError) as exc:
             raise CatalogUnavailable(
-                f"could not read {self.topic} from Kafka at {self._kafka.bootstrap_servers} within {timeout_s:g}s"
+                f"could not read {self.topic} from Kafka at {self.kafka.bootstrap_servers} within {timeout_s:g}s"
             ) from exc
 
     async def load(self, timeout_s: float = 15.0) -> None:
@@ -153,12 +146,15 @@ def replica_view(kafka: KafkaSettings, role: str) -> CompactedView[ReplicaDefini
 
 
 @asynccontextmanager
-async def following(view: CompactedView[V], timeout_s: float = 15.0) -> AsyncIterator[CompactedView[V]]:
-    """`view`, read up to the end of its topic and kept current for the duration of the block."""
+async def following(view: CompactedView[V], timeout_s: float | None = None) -> AsyncIterator[CompactedView[V]]:
+    """`view`, read up to the end of its topic and kept current for the duration of the block.
+
+    CatalogUnavailable unless that happens within `timeout_s` (default: the Kafka request timeout).
+    """
     stop = asyncio.Event()
     task = asyncio.create_task(view.run(stop), name=f"follow-{view.topic}")
     try:
-        await view.load(timeout_s)
+        await view.load(timeout_s if timeout_s is not None else view.kafka.request_timeout_ms / 1000)
         yield view
     finally:
         stop.set()

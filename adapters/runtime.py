@@ -1,4 +1,4 @@
-"""What every georep service process shares: signals, its HTTP listener, metrics."""
+"""What every georep service process shares: signals, its HTTP listener, metrics, retries."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_excepti
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+#: retries logged at info before they are logged as warnings
+QUIET_ATTEMPTS = 3
 
 
 async def metrics_handler(_: web.Request) -> web.Response:
@@ -83,7 +85,9 @@ async def retry_until_stopped(
 
     def warn(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        log.warning(event, attempt=state.attempt_number, error=repr(error), retry_in_s=round(state.upcoming_sleep, 2))
+        # A first miss or two is routine (a broker restarting); a run of them is worth a warning.
+        say = log.warning if state.attempt_number >= QUIET_ATTEMPTS else log.info
+        say(event, attempt=state.attempt_number, error=repr(error), retry_in_s=round(state.upcoming_sleep, 2))
 
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(errors),

@@ -8,7 +8,6 @@
     POST   /replicas/{region}/backfill    run the backfill again (or resume one left running) -> 202
     GET    /status                        per region: lag, oldest pending event, totals, latency, backfill
     GET    /status/image?image=REPO:TAG   per region: replicated, in progress, failed (why), not replicated
-    GET    /readyz                        200 once replicas and checkpoints have been read from Kafka, else 503
 
 Changes (POST, DELETE) need `Authorization: Bearer <logstore.api_token>`:
 401 without it, 403 if no token is configured (changes are then off).
@@ -30,13 +29,11 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from consumers.catalog import CatalogUnavailable
-from consumers.control import Control
 from engine.digest import Digest
-from engine.errors import InvalidInput, UpstreamUnavailable
+from engine.errors import CatalogUnavailable, InvalidInput, KafkaUnavailable, UpstreamUnavailable
 from engine.names import Repository, Tag, parse_region
 from engine.replicas import ReplicaDefinition, ReplicaRefused
-from producers.kafka import KafkaUnavailable
+from georep.api.control import Control
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -56,7 +53,7 @@ def _replica(definition: ReplicaDefinition) -> dict[str, Any]:
 
 
 #: what a replica change can fail with, each answered by `_refused`
-_REFUSALS = (InvalidInput, KafkaUnavailable, CatalogUnavailable)
+_REFUSALS = (InvalidInput, KafkaUnavailable)
 
 
 def _refused(exc: Exception, invalid: str) -> web.Response:
@@ -95,11 +92,6 @@ class _Routes:
             return await handler(request)
         except CatalogUnavailable as exc:
             return _error("kafka-unavailable", f"replicas not known yet: {exc}", 503)
-
-    async def ready(self, _: web.Request) -> web.Response:
-        if not self.control.loaded:
-            return _error("not-ready", "replicas and backfill checkpoints not read from Kafka yet", 503)
-        return _json({"status": "ready"})
 
     async def list_replicas(self, _: web.Request) -> web.Response:
         return _json({"replicas": [_replica(d) for d in await self.control.replica_list()]})
@@ -180,4 +172,3 @@ def add_control_routes(app: web.Application, control: Control, token: SecretStr 
     app.router.add_post("/replicas/{region}/backfill", routes.rerun)
     app.router.add_get("/status", routes.status)
     app.router.add_get("/status/image", routes.image)
-    app.router.add_get("/readyz", routes.ready)

@@ -9,65 +9,91 @@ answers status from Kafka and the log store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any, Final
 
 import structlog
-from aiokafka.errors import KafkaError
 
-from consumers.catalog import CatalogUnavailable, replica_view
+from adapters.compacted import CompactedView, replica_view
+from adapters.health import Health, Supervisor
+from adapters.kafka import KAFKA_ERRORS, Publisher
+from adapters.registry import RegistryClient
+from adapters.runtime import unless_stopped
 from consumers.logstore.store import LogStore
-from consumers.registry import RegistryClient
-from consumers.status import EventsLag, backfill_status, image_records, image_status, region_status
 from engine.digest import Digest
-from engine.errors import GeorepError, NotFoundUpstream
+from engine.errors import CatalogUnavailable, GeorepError, KafkaUnavailable, NotFoundUpstream
+from engine.events import ReconcilePass
 from engine.names import Repository, Tag
 from engine.replicas import ReplicaDefinition
 from engine.settings import Settings
-from georep.runtime import unless_stopped
+from georep.api.status import EventsLag, backfill_status, image_records, image_status, region_status
 from producers.backfill import Backfill, Checkpoint, checkpoint_view, current_checkpoint
-from producers.kafka import KafkaUnavailable, Publisher
 from producers.replicas import ReplicaAdmin
 
 log = structlog.get_logger(__name__)
 
 BACKFILL_RETRY_S: Final = (1.0, 30.0)
+#: what a status refresh can fail with, short of a bug
+_STATUS_ERRORS: tuple[type[BaseException], ...] = (*KAFKA_ERRORS, GeorepError)
 #: how often the status gauges (lag, oldest event, latency) are refreshed for Prometheus
 GAUGE_REFRESH_S: Final = 15.0
 
 
 class Control:
     def __init__(
-        self, settings: Settings, store: LogStore, primary: RegistryClient, load_timeout_s: float = 15.0
+        self,
+        settings: Settings,
+        store: LogStore,
+        primary: RegistryClient,
+        load_timeout_s: float = 15.0,
+        *,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
+        self.health = health or Health("api")
         self.load_timeout_s = load_timeout_s
         self.store = store
         self.primary = primary
         kafka = settings.kafka
         self.replicas = replica_view(kafka, "api")
         self.checkpoints = checkpoint_view(kafka, "api")
+        #: each region's last reconciliation pass per partition
+        self.passes: CompactedView[ReconcilePass] = CompactedView(
+            kafka, kafka.reconcile_topic, ReconcilePass.from_json, "api"
+        )
         self.publisher = Publisher(kafka, "api")
         self.admin = ReplicaAdmin(kafka, self.replicas, self.publisher, settings.rules)
         self.lag = EventsLag(kafka)
         self._backfills: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
+        self._tasks: Supervisor | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Follow the compacted topics, run backfills and refresh the status gauges, until `stop`."""
         self._stop = stop
-        readers = [asyncio.create_task(view.run(stop)) for view in (self.replicas, self.checkpoints)]
         try:
-            await self._resume_backfills(stop)
-            while not stop.is_set():
-                with contextlib.suppress(KafkaError, OSError, GeorepError):
-                    await self.status()
-                await unless_stopped(asyncio.sleep(GAUGE_REFRESH_S), stop)
+            async with Supervisor(self.health, stop).running() as tasks:
+                self._tasks = tasks
+                tasks.spawn("replicas-topic", self.replicas.run(stop))
+                tasks.spawn("backfill-topic", self.checkpoints.run(stop))
+                tasks.spawn("reconcile-topic", self.passes.run(stop))
+                await self._resume_backfills(stop)
+                while not stop.is_set():
+                    await self._refresh_gauges()
+                    await unless_stopped(asyncio.sleep(GAUGE_REFRESH_S), stop)
         finally:
-            for task in self._backfills.values():
-                task.cancel()
-            await asyncio.gather(*self._backfills.values(), *readers, return_exceptions=True)
+            self._tasks = None
             await self.lag.close()
             await self.publisher.close()
+
+    async def _refresh_gauges(self) -> None:
+        """Status for Prometheus; a failure is logged and shown on /healthz until a refresh works again."""
+        try:
+            await self.status()
+        except _STATUS_ERRORS as exc:
+            log.warning("control.status_failed", error=str(exc) or type(exc).__name__)
+            self.health.report("gauges", "status", f"refresh failed: {type(exc).__name__}: {exc}")
+        else:
+            self.health.clear("gauges", "status")
 
     @property
     def loaded(self) -> bool:
@@ -121,22 +147,37 @@ class Control:
         running = self._backfills.get(region)
         if running is not None and not running.done():
             return False
-        self._backfills[region] = asyncio.create_task(self._backfill(region), name=f"backfill-{region}")
+        if self._tasks is None:
+            raise KafkaUnavailable("the control plane is not running yet")
+        self._backfills[region] = self._tasks.spawn(f"backfill-{region}", self._backfill(region), until_stopped=False)
         return True
 
     async def _backfill(self, region: str) -> None:
-        """Run until done, resuming from the checkpoint after each failure; stop if the replica goes."""
+        """Run until done, resuming from the checkpoint after each failure; stop if the replica goes.
+
+        Any failure, expected or not, leaves a `failed` checkpoint, a log line and a health problem naming the
+        backfill until a later attempt gets further; nothing ends it quietly.
+        """
         delay, most = BACKFILL_RETRY_S
-        while not self._stop.is_set() and (replica := self.replicas.values.get(region)) is not None:
-            try:
-                await self.checkpoints.caught_up()
-                resume = self.checkpoint(region)
-                await Backfill(self.settings.kafka, self.primary, self.publisher, region, replica).run(resume)
-                return
-            except (GeorepError, KafkaUnavailable) as exc:
-                log.warning("backfill.failed", region=region, error=str(exc), retry_in_s=delay)
-                await unless_stopped(asyncio.sleep(delay), self._stop)
-                delay = min(delay * 2, most)
+        try:
+            while not self._stop.is_set() and (replica := self.replicas.values.get(region)) is not None:
+                try:
+                    await self.checkpoints.caught_up()
+                    resume = self.checkpoint(region)
+                    await Backfill(self.settings.kafka, self.primary, self.publisher, region, replica).run(resume)
+                    return
+                except Exception as exc:
+                    expected = isinstance(exc, GeorepError)
+                    (log.warning if expected else log.exception)(
+                        "backfill.failed", region=region, error=str(exc), retry_in_s=delay
+                    )
+                    self.health.report(
+                        "backfill", region, f"failed, retrying in {delay:g}s: {type(exc).__name__}: {exc}"
+                    )
+                    await unless_stopped(asyncio.sleep(delay), self._stop)
+                    delay = min(delay * 2, most)
+        finally:
+            self.health.clear("backfill", region)
 
     # -- status -------------------------------------------------------------------------------
 
@@ -146,7 +187,8 @@ class Control:
     async def status(self) -> dict[str, Any]:
         await self.load()
         regions = [
-            await region_status(region, self.store, self.lag, self.checkpoint(region)) for region in self.regions()
+            await region_status(region, self.store, self.lag, self.checkpoint(region), self.passes.values.values())
+            for region in self.regions()
         ]
         return {"regions": regions}
 

@@ -11,34 +11,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from prometheus_client import Gauge
 
+from adapters.kafka import KAFKA_ERRORS, new_admin, start_reader, started
 from consumers.logstore.query import LogQuery
 from consumers.logstore.store import LogStore
-from consumers.replicator import group_id
+from engine import topics
 from engine.digest import Digest
 from engine.errors import InvalidEvent
-from engine.events import Action, ReplicationEvent, ReplicationRecord, Source, Status, utcnow
+from engine.events import Action, ReconcilePass, ReplicationEvent, ReplicationRecord, Source, Status, utcnow
 from engine.names import Repository, Tag
 from engine.replicas import ReplicaDefinition
 from engine.settings import KafkaSettings
 from producers.backfill import Checkpoint
-from producers.kafka import start_reader
 
 log = structlog.get_logger(__name__)
 
 #: the window of the push-to-pullable percentiles
 LATENCY_WINDOW: Final = timedelta(minutes=5)
 
-LAG = Gauge("georep_region_lag_events", "Events on georep.events the region's group has not committed", ["region"])
+LAG = Gauge(
+    "georep_region_lag_events", "Events on the events topic that the region's group has not committed", ["region"]
+)
 OLDEST = Gauge("georep_region_oldest_pending_seconds", "Age of the oldest event not yet replicated", ["region"])
 LATENCY = Gauge("georep_region_latency_seconds", "Push-to-pullable over the last 5 minutes", ["region", "quantile"])
 BACKFILL_TAGS = Gauge("georep_backfill_tags_published", "Tags a region's backfill has published", ["region"])
@@ -66,18 +67,18 @@ class EventsLag:
     async def _reader(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             # Every partition paused; read one offset at a time.
-            consumer = await start_reader(self._kafka, self._kafka.events_topic, "status")
+            consumer = await start_reader(self._kafka, self._kafka.events_topic, "api")
             consumer.pause(*consumer.assignment())
             self._consumer = consumer
         return self._consumer
 
     async def close(self) -> None:
         if self._consumer is not None:
-            with contextlib.suppress(KafkaError, OSError):
+            with contextlib.suppress(*KAFKA_ERRORS):
                 await self._consumer.stop()
             self._consumer = None
         if self._admin is not None:
-            with contextlib.suppress(KafkaError, OSError):
+            with contextlib.suppress(*KAFKA_ERRORS):
                 await self._admin.close()
             self._admin = None
 
@@ -104,14 +105,8 @@ class EventsLag:
 
     async def _committed(self, region: str) -> dict[TopicPartition, int]:
         if self._admin is None:
-            admin = AIOKafkaAdminClient(
-                bootstrap_servers=self._kafka.bootstrap_servers,
-                client_id=f"{self._kafka.client_id}-status",
-                request_timeout_ms=self._kafka.request_timeout_ms,
-            )
-            await admin.start()
-            self._admin = admin
-        offsets = await self._admin.list_consumer_group_offsets(group_id(region))
+            self._admin = await started(new_admin(self._kafka, "api"))
+        offsets = await self._admin.list_consumer_group_offsets(topics.replicator_group(region))
         topic = self._kafka.events_topic
         return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
 
@@ -129,10 +124,43 @@ class EventsLag:
         return None
 
 
-async def region_status(region: str, store: LogStore, lag: EventsLag, checkpoint: Checkpoint | None) -> dict[str, Any]:
+def reconcile_status(region: str, passes: Iterable[ReconcilePass]) -> dict[str, Any] | None:
+    """The region's last reconciliation: each partition's latest pass, summed (None before the first)."""
+    mine = [p for p in passes if p.region == region]
+    if not mine:
+        return None
+    drift: dict[str, int] = {}
+    for p in mine:
+        for kind, n in p.drift.items():
+            drift[kind] = drift.get(kind, 0) + n
+    return {
+        "ended_at": max(p.finished_at for p in mine).isoformat(),
+        # every partition has been reconciled since this time
+        "all_partitions_since": min(p.finished_at for p in mine).isoformat(),
+        "took_s": round(max(p.duration_s for p in mine), 3),
+        "partitions": len(mine),
+        "repositories": sum(p.repositories for p in mine),
+        "unchanged": sum(p.unchanged for p in mine),
+        "deferred": sum(p.deferred for p in mine),
+        "drift": drift,
+        "drift_found": sum(drift.values()),
+        "repaired": sum(p.repairs for p in mine),
+        "requests_primary": sum(p.requests_primary for p in mine),
+        "requests_region": sum(p.requests_region for p in mine),
+        "errors": sorted({p.error for p in mine if p.error}),
+    }
+
+
+async def region_status(
+    region: str,
+    store: LogStore,
+    lag: EventsLag,
+    checkpoint: Checkpoint | None,
+    passes: Iterable[ReconcilePass] = (),
+) -> dict[str, Any]:
     try:
         pending, oldest_s = await lag.region(region)
-    except (KafkaError, OSError) as exc:
+    except KAFKA_ERRORS as exc:
         log.warning("status.kafka_unavailable", region=region, error=str(exc))
         pending, oldest_s = None, None
     totals = await store.totals(region)
@@ -152,6 +180,7 @@ async def region_status(region: str, store: LogStore, lag: EventsLag, checkpoint
         "latency_p50_s": None if p50 is None else p50 / 1000,
         "latency_p99_s": None if p99 is None else p99 / 1000,
         "backfill": await backfill_status(region, store, checkpoint),
+        "reconcile": reconcile_status(region, passes),
     }
     if pending is not None:
         LAG.labels(region).set(pending)
