@@ -203,16 +203,20 @@ class RegistryClient:
                         yield Repository.parse(repository["name"])
 
     async def _harbor_pages(self, path: str, page_size: int) -> AsyncIterator[dict[str, Any]]:
-        page = 1
+        """Every item of a paged Harbor list. Harbor may cap the page size below what was asked, so a short page
+        is not the end: the total it announces (X-Total-Count) is, or else an empty page."""
+        page, seen = 1, 0
         while True:
             async with self._get(f"{path}?page={page}&page_size={page_size}", None, {}, basic=True) as response:
                 items = await response.json(loads=orjson.loads)
+                total = response.headers.get("X-Total-Count", "")
             if not isinstance(items, list):
                 raise UpstreamRefused(f"Harbor answered {path} with something that is not a list", path=path)
             for item in items:
                 if isinstance(item, dict):
                     yield item
-            if len(items) < page_size:
+            seen += len(items)
+            if not items or (total.isdigit() and seen >= int(total)):
                 return
             page += 1
 

@@ -180,12 +180,13 @@ class RegionStore:
             for item in page.get("Contents", []):
                 yield item["Key"]
 
-    async def listing(self, prefix: str) -> dict[str, tuple[int, str]]:
-        """key -> (size, ETag without quotes) of every object under `prefix`."""
-        found: dict[str, tuple[int, str]] = {}
+    async def listing(self, prefix: str) -> dict[str, tuple[int, str, datetime]]:
+        """key -> (size, ETag without quotes, last modified) of every object under `prefix`."""
+        found: dict[str, tuple[int, str, datetime]] = {}
         async for page in self._pages("list_objects_v2", prefix):
             for item in page.get("Contents", []):
-                found[item["Key"]] = (int(item["Size"]), str(item.get("ETag", "")).strip('"'))
+                etag = str(item.get("ETag", "")).strip('"')
+                found[item["Key"]] = (int(item["Size"]), etag, item["LastModified"])
         return found
 
     async def _pages(self, operation: Any, prefix: str) -> AsyncIterator[dict[str, Any]]:

@@ -46,7 +46,7 @@ import orjson
 import structlog
 from aiokafka import TopicPartition
 
-from adapters.kafka import Publisher, partition_for
+from adapters.kafka import KAFKA_ERRORS, Publisher, partition_for
 from adapters.meter import Meter
 from adapters.registry import RegistryClient
 from adapters.store import RegionStore
@@ -139,7 +139,9 @@ async def compare_repository(
     extra: list[Finding] = []
     if deletes:  # a replica that keeps what the primary deleted has nothing "extra"
         extra = await comparer.extra_tags(repository, set(heads))
-        if full:
+        # A tag gone from the primary usually means a manifest went with it: look for those now, not only in full.
+        vanished = stored is not None and bool(set(stored) - set(outcome.current))
+        if full or vanished:
             extra += await comparer.extra_manifests(repository, {c.digest for c in checked} | set(heads.values()))
     outcome.findings += extra
     outcome.events = repair_events([c for c in checked if c.damaged], region, source=Source.RECONCILE)
@@ -240,6 +242,7 @@ class Reconciler:
         consumer = self.service.consumer
         topic = self.settings.kafka.events_topic
         owned = sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic)
+        self.last = {p: s for p, s in self.last.items() if p in owned}
         count = len(consumer.partitions_for_topic(topic) or ()) or self.settings.kafka.events_partitions
         started = utcnow()
         requests = (self.primary_meter.requests, self.region_meter.requests)
@@ -259,7 +262,10 @@ class Reconciler:
         for partition, repos in mine.items():
             if stop is not None and stop.is_set():
                 break
-            outcomes = await self._partition(TopicPartition(topic, partition), repos, replica)
+            tp = TopicPartition(topic, partition)
+            if tp not in consumer.assignment():
+                continue  # revoked during the pass: its new owner reconciles it
+            outcomes = await self._partition(tp, repos, replica)
             passes.append(await self._summary(partition, started, outcomes, requests, None))
             requests = (self.primary_meter.requests, self.region_meter.requests)
         metrics.RECONCILE_PASSES.labels(self.region, "done").inc()
@@ -270,7 +276,11 @@ class Reconciler:
         self, tp: TopicPartition, repositories: list[Repository], replica: ReplicaDefinition | None
     ) -> list[Outcome | None]:
         """Compare a partition's repositories once its live events are done; None for one deferred."""
-        end = await self._settle(tp)
+        try:
+            end = await self._settle(tp) if tp in self.service.consumer.assignment() else None
+        except KAFKA_ERRORS as exc:  # the partition was revoked meanwhile (a rebalance), or Kafka is away
+            log.info("reconcile.partition_left", region=self.region, partition=tp.partition, error=str(exc))
+            end = None
         if end is None:
             log.info("reconcile.partition_busy", region=self.region, partition=tp.partition)
             return [None] * len(repositories)
@@ -306,7 +316,7 @@ class Reconciler:
             self._full[repository] = now
         if comparer.rehash:
             self._rehash[repository] = now
-        if outcome.events and await self._in_flight(tp, repository, end):
+        if outcome.events and await self._racing(tp, repository, end):
             log.info("reconcile.deferred", region=self.region, repository=str(repository), reason="live event")
             return None
         if outcome.events:
@@ -337,6 +347,15 @@ class Reconciler:
         except TimeoutError:
             return None
         return end
+
+    async def _racing(self, tp: TopicPartition, repository: Repository, end: int) -> bool:
+        """True unless it is sure no live event of `repository` reached its partition after `end`."""
+        if tp not in self.service.consumer.assignment():
+            return True  # the partition moved to another replicator: its next pass decides
+        try:
+            return await self._in_flight(tp, repository, end)
+        except KAFKA_ERRORS:
+            return True
 
     async def _in_flight(self, tp: TopicPartition, repository: Repository, end: int) -> bool:
         """Did an event of `repository` reach its partition after `end` (it would race the repair)?"""
@@ -477,8 +496,13 @@ def render_report(report: Report) -> str:
         target = f"{e.repository}:{e.tag}" if e.tag else f"{e.repository}@{e.digest}"
         lines.append(f"{verb} {e.action.value} {target}  ({e.drift})")
     found = sum(len(o.findings) for o in report.outcomes)
-    summary = f"{report.region}: {len(report.outcomes)} repositories compared, {found} differences"
+    summary = f"{report.region}: {_count(len(report.outcomes), 'repository', 'repositories')} compared, "
+    summary += _count(found, "difference")
     if report.events:
-        summary += f"; {len(report.events)} repair/delete events {verb}"
+        summary += f"; {_count(len(report.events), 'repair or delete event')} {verb}"
     lines.append(summary)
     return "\n".join(lines)
+
+
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"

@@ -167,6 +167,8 @@ def kafka_properties(spec: StackSpec) -> Path:
         "share.coordinator.state.topic.replication.factor=1",
         # One broker, consumers joining one by one: don't wait for stragglers.
         "group.initial.rebalance.delay.ms=0",
+        # Expired segments go within a second, not five minutes: a test shortens a topic's retention and waits.
+        "log.retention.check.interval.ms=1000",
     ]
     return _write(spec.root / "kafka" / "server.properties", "\n".join(lines) + "\n")
 

@@ -111,7 +111,12 @@ class Faults(Stack):
 @pytest.fixture(scope="session")
 async def faults(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Faults]:
     root = tmp_path_factory.mktemp("fault-stack")
-    env = {"GEOREP_REPLICATOR__RETRY_MAX_S": str(RETRY_MAX_S), "GEOREP_REPLICATOR__DRAIN_GRACE_S": str(DRAIN_GRACE_S)}
+    env = {
+        "GEOREP_REPLICATOR__RETRY_MAX_S": str(RETRY_MAX_S),
+        "GEOREP_REPLICATOR__DRAIN_GRACE_S": str(DRAIN_GRACE_S),
+        # Fault tests that are about reconciliation turn it up themselves (test_convergence.py).
+        "GEOREP_RECONCILE__INTERVAL_S": "3600",
+    }
     info = await stack.up(root, PORT_BASE, ["ap-singapore", "eu-frankfurt"], georep_env=env)
     try:
         yield Faults(info, root, tmp_path_factory.mktemp("fault-images"), itertools.count(1))

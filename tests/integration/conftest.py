@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 PORT_BASE = int(os.environ.get("GEOREP_TEST_PORT_BASE", "23000"))
 REPLICATION_TIMEOUT_S = 60
+QUIET_RECONCILE = {"GEOREP_RECONCILE__INTERVAL_S": "3600"}
 
 
 @dataclass
@@ -41,11 +42,11 @@ class Stack(stack.Running):
     _names: itertools.count[int]
 
     @asynccontextmanager
-    async def region_store(self, name: str) -> AsyncIterator[RegionStore]:
-        """The region's bucket, opened the way the replicator opens it."""
+    async def region_store(self, name: str, bucket: str | None = None) -> AsyncIterator[RegionStore]:
+        """The region's bucket (or another `bucket` on its S3 server), opened the way the replicator opens it."""
         region = self.regions[name]
         settings = RegionSettings(
-            endpoint=region["s3"], bucket=region["bucket"], prefix=region["prefix"],
+            endpoint=region["s3"], bucket=bucket or region["bucket"], prefix="" if bucket else region["prefix"],
             access_key=region["access_key"], secret_key=region["secret_key"],
         )  # fmt: skip
         async with RegionStore.open(settings) as store:
@@ -124,9 +125,12 @@ class Stack(stack.Running):
             return r.status, await r.json()
 
     @asynccontextmanager
-    async def extra_region(self, name: str, slot: int, **options: Any) -> AsyncIterator[ExtraRegion]:
+    async def extra_region(
+        self, name: str, slot: int, *, env: dict[str, str] | None = None, **options: Any
+    ) -> AsyncIterator[ExtraRegion]:
         """A replica created during the test, on a bucket of its own (on ap-singapore's S3 server), with its
-        replicator and a read-only registry started from `georep replicas registry-config`; deleted after."""
+        replicator (settings in `env` added) and a read-only registry started from `georep replicas
+        registry-config`; deleted after. `add_replicator` starts more replicators of the region."""
         base = self.regions["ap-singapore"]
         bucket = f"georep-{name}"
         async with aioboto3.Session().client(
@@ -167,9 +171,9 @@ class Stack(stack.Running):
         ]
         replicator = stack.spawn({
             "argv": replicator_argv, "log": str(logs / f"replicator-{name}.log"),
-            "env": {"GEOREP_REPLICATOR__PORT": str(PORT_BASE + 40 + slot)},
+            "env": (env or {}) | {"GEOREP_REPLICATOR__PORT": str(PORT_BASE + 40 + slot)},
         })  # fmt: skip
-        region = ExtraRegion(name, bucket, registry, replicator, replicator_argv, health)
+        region = ExtraRegion(name, bucket, registry, replicator, replicator_argv, health, logs, env or {})
         try:
             await stack.wait_ready(f"registry-{name}", registry_proc, lambda: stack._http_ok(f"http://{registry}/v2/"),
                                    logs / f"registry-{name}.log", 60)  # fmt: skip
@@ -178,7 +182,8 @@ class Stack(stack.Running):
             yield region
         finally:
             await self.api("DELETE", f"/replicas/{name}")
-            stack.stop_pid(replicator.pid, replicator_argv, grace_s=30)
+            for proc in [replicator, *region.more]:
+                stack.stop_pid(proc.pid, replicator_argv, grace_s=30)
             stack.stop_pid(registry_proc.pid, registry_argv, grace_s=10)
 
 
@@ -191,6 +196,20 @@ class ExtraRegion:
     replicator_argv: list[str]
     #: the replicator's HTTP base URL (/healthz, /metrics)
     health: str
+    logs: Path
+    env: dict[str, str]
+    #: replicators started by `add_replicator`
+    more: list[stack.Proc] = field(default_factory=list)
+
+    async def add_replicator(self, port: int) -> str:
+        """Start one more replicator of the region (same group); its HTTP base URL once it is ready."""
+        log = self.logs / f"replicator-{self.name}-{port}.log"
+        proc = stack.spawn({"argv": self.replicator_argv, "log": str(log),
+                            "env": self.env | {"GEOREP_REPLICATOR__PORT": str(port)}})  # fmt: skip
+        self.more.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        await stack.wait_ready(f"replicator-{self.name}-{port}", proc, lambda: stack._http_ok(f"{url}/readyz"), log, 60)
+        return url
 
 
 async def run_georep(live: Stack, *args: str, timeout_s: float = 60) -> tuple[int, str, str]:
@@ -207,7 +226,9 @@ async def run_georep(live: Stack, *args: str, timeout_s: float = 60) -> tuple[in
 @pytest.fixture(scope="session")
 async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
-    info = await stack.up(root, PORT_BASE, ["ap-singapore", "eu-frankfurt"])
+    # The main regions' reconciliation runs once at start, then stays out of the way of tests that damage a region
+    # on purpose (test_verify); tests/integration/test_reconcile.py runs it, fast, on regions of its own.
+    info = await stack.up(root, PORT_BASE, ["ap-singapore", "eu-frankfurt"], georep_env=QUIET_RECONCILE)
     try:
         yield Stack(info, root, tmp_path_factory.mktemp("images"), itertools.count(1))
     finally:

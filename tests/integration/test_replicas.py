@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import aiohttp
 import orjson
@@ -78,7 +79,7 @@ async def test_every_rule_refuses_with_its_message_from_the_cli_and_over_http(li
 async def test_replica_with_filters_and_deletes_off_then_deleted(live: Stack) -> None:
     """ap-tokyo takes `filtered/*` except `*-debug` tags and keeps deleted content; deleting it stops its replicator."""
     repo, other = live.unique("filtered/app"), live.unique("unfiltered/app")
-    options = {"include": ["filtered/*"], "exclude": ["*:*-debug"], "deletes": False, "backfill": False}
+    options: dict[str, Any] = {"include": ["filtered/*"], "exclude": ["*:*-debug"], "deletes": False, "backfill": False}
     async with live.extra_region("ap-tokyo", 0, **options) as tokyo:
         code, out, _ = await run_georep(live, "replicas", "show", "ap-tokyo", "--json")
         shown = json.loads(out)["replica"]
