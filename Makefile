@@ -1,7 +1,7 @@
 # georep — the commands people and CI use.
 #   make demo   start the local stack, push a multi-arch image, watch it reach both regions, stop
 #   make test   lint, type-check, unit and integration tests (starts and stops its own stack)
-#   make up / make down   the local stack, in the background, for poking around
+#   make up / make down   the local stack, in the background, for poking around (REGISTRY=3: distribution v3)
 #   make bench  benchmarks against skopeo and the machine's ceilings (not CI); writes bench/
 
 SHELL := /bin/bash
@@ -15,10 +15,20 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 KAFKA_STAMP := $(CACHE)/kafka/libs/.complete
 VENV_STAMP := $(VENV)/.installed
 SYSTEM_STAMP := $(CACHE)/.system-packages
+# Go programs, pinned, built from the Go module proxy into the ignored cache (a second run only checks the stamps):
+# CNCF distribution v3 (the `registry:3` line, beside Debian's 2.8.2) and oras (referrers, tested on both lines).
+GO_BIN := $(CACHE)/go/bin
+GO_ENV := GOPATH=$(CACHE)/go/path GOMODCACHE=$(CACHE)/go/mod GOCACHE=$(CACHE)/go/build GOBIN=$(GO_BIN) GOFLAGS=-buildvcs=false
+DISTRIBUTION_V3 := v3.1.2
+ORAS_VERSION := v1.3.6
+V3_STAMP := $(GO_BIN)/.registry-$(DISTRIBUTION_V3)
+ORAS_STAMP := $(GO_BIN)/.oras-$(ORAS_VERSION)
+# The registry line of the local stack: 2 (Debian's 2.8.2, the default) or 3 (distribution v3); `make up REGISTRY=3`.
+REGISTRY ?= 2
 
 .PHONY: install up down demo test lint typecheck unit integration faults bench clean
 
-install: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP)
+install: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP) $(V3_STAMP) $(ORAS_STAMP)
 
 # Debian's CNCF distribution 2.8.2 and skopeo 1.9.3: the registries and the client users push with.
 $(SYSTEM_STAMP):
@@ -44,14 +54,24 @@ $(KAFKA_STAMP): deploy/local/kafka/pom.xml
 
 kafka: $(KAFKA_STAMP)
 
+$(V3_STAMP):
+	@command -v go >/dev/null || { echo "need Go to build distribution $(DISTRIBUTION_V3)"; exit 1; }
+	$(GO_ENV) go install github.com/distribution/distribution/v3/cmd/registry@$(DISTRIBUTION_V3)
+	@touch $@
+
+$(ORAS_STAMP):
+	@command -v go >/dev/null || { echo "need Go to build oras $(ORAS_VERSION)"; exit 1; }
+	$(GO_ENV) go install oras.land/oras/cmd/oras@$(ORAS_VERSION)
+	@touch $@
+
 up: install
-	$(PY) -m deploy.local.stack up
+	$(PY) -m deploy.local.stack up --registry $(REGISTRY)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m deploy.local.stack down; fi
 
 demo: install
-	$(PY) -m deploy.local.demo
+	$(PY) -m deploy.local.demo --registry $(REGISTRY)
 
 lint: install
 	$(VENV)/bin/ruff check .

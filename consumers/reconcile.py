@@ -33,6 +33,7 @@ compacted `georep.reconcile` topic, which `georep status` shows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -223,6 +224,12 @@ class Reconciler:
         self.last: dict[int, ReconcilePass] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
+        # The first pass waits a period too (spread a little, so that replicators started together do not pass
+        # together): a process that just started has live events to catch up on first, and a new region has
+        # its backfill.
+        first = self.tuning.interval_s * random.uniform(1.0, 1.1)  # noqa: S311
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), first)
         while not stop.is_set():
             started = time.monotonic()
             if self.service.consumer is not None and self.service.consumer.assignment():

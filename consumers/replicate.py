@@ -13,9 +13,10 @@ from adapters.registry import RegistryClient
 from adapters.store import RegionStore
 from consumers.blobcopy import copy_blob
 from consumers.budget import ByteBudget
-from engine.errors import InvalidEvent, most_telling
+from engine.digest import Digest
+from engine.errors import InvalidEvent, InvalidInput, most_telling
 from engine.events import Action, ReplicationEvent, Status
-from engine.layout import Layout
+from engine.layout import KeyKind, Layout, link_body
 from engine.names import Repository, Tag
 from engine.plan import Mode, Phase, TagState, Write, build_plan, steps, tag_writes
 from engine.replicas import ReplicaDefinition
@@ -120,9 +121,30 @@ class RegionReplicator:
                 notes.append(f"manifest {event.digest.short} deleted")
             else:
                 notes.append(f"{event.digest.short} is not a manifest of {event.repository} here: nothing to delete")
+            # No tag may point at a deleted manifest. distribution says so with a delete per tag afterwards;
+            # Harbor's artifact delete does not, so the tags on the digest go here (a newer push keeps its tag).
+            notes += [
+                await self._delete_tag(event.repository, tag, event)
+                for tag in await self._tags_on(event.repository, event.digest)
+                if tag != event.tag
+            ]
         if event.tag is not None:
             notes.append(await self._delete_tag(event.repository, event.tag, event))
         return Outcome(Status.SUCCEEDED, note="; ".join(notes))
+
+    async def _tags_on(self, repository: Repository, digest: Digest) -> list[Tag]:
+        """Tags of `repository` whose current link in the region names `digest`."""
+        once: set[Tag] = set()
+        async for key in self.store.keys(self.layout.tags_root(repository)):
+            try:
+                parsed = self.layout.parse(key)
+            except InvalidInput:
+                continue  # not a key of the layout: nothing a registry reads
+            # A tag that has pointed at the digest has an index link for it: only those can point at it now.
+            if parsed.kind is KeyKind.TAG_INDEX_LINK and parsed.digest == digest and parsed.tag is not None:
+                once.add(parsed.tag)
+        link = link_body(digest)
+        return [t for t in sorted(once) if await self.store.get(self.layout.tag_current_link(repository, t)) == link]
 
     async def _delete_tag(self, repository: Repository, tag: Tag, event: ReplicationEvent) -> str:
         mine = TagState(None, event.occurred_at, event.id)

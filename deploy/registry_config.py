@@ -9,11 +9,12 @@ The bucket keys are not written into the file: distribution reads them from
 `REGISTRY_STORAGE_S3_ACCESSKEY` and `REGISTRY_STORAGE_S3_SECRETKEY`, which a
 deployment sets from the same secret `credentials_ref` names.
 
-The result is JSON, which is valid YAML: distribution reads it unchanged.
+`render` writes it as YAML, the format registry operators read (or JSON).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,6 +53,9 @@ def registry_config(
         "bucket": replica.bucket,
         "secure": endpoint.scheme == "https",
         "v4auth": True,
+        # distribution v3 addresses buckets virtual-host style (<bucket>.<host>) unless told not to; 2.8.2
+        # implies path style from regionendpoint and accepts the key too, so one file serves both lines.
+        "forcepathstyle": True,
     }
     if replica.prefix:
         s3["rootdirectory"] = "/" + replica.prefix
@@ -74,3 +78,10 @@ def registry_config(
     if auth:
         config["auth"] = auth
     return config
+
+
+def render(config: dict[str, Any], *, as_json: bool = False) -> str:
+    """The configuration as YAML (keys in the order distribution documents them), or as JSON."""
+    if as_json:
+        return json.dumps(config, indent=2) + "\n"
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

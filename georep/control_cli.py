@@ -123,17 +123,17 @@ async def _delete(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _registry_config(settings: Settings, args: argparse.Namespace) -> int:
-    from deploy.registry_config import ACCESS_KEY_ENV, SECRET_KEY_ENV, load_primary_config, registry_config
+    from deploy.registry_config import ACCESS_KEY_ENV, SECRET_KEY_ENV, load_primary_config, registry_config, render
     from engine.replicas import ReplicaDefinition
 
     doc = await _call(settings, "GET", f"/replicas/{args.region}")
     replica = ReplicaDefinition.model_validate(doc["replica"])
     primary = load_primary_config(Path(args.primary_config)) if args.primary_config else None
-    config = orjson.dumps(registry_config(replica, listen=args.listen, primary=primary), option=orjson.OPT_INDENT_2)
+    config = render(registry_config(replica, listen=args.listen, primary=primary), as_json=args.json)
     if args.output:
-        await asyncio.to_thread(Path(args.output).write_bytes, config + b"\n")
+        await asyncio.to_thread(Path(args.output).write_text, config)
     else:
-        print(config.decode())
+        print(config, end="")
     print(f"# start it with {ACCESS_KEY_ENV} and {SECRET_KEY_ENV} set from {replica.credentials_ref}", file=sys.stderr)
     return 0
 

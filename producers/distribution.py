@@ -1,11 +1,24 @@
-"""CNCF distribution notification envelopes (events v1 and v2 media types).
+"""CNCF distribution notification envelopes: 2.8.x (events v1 media type) and 3.x (v2), one event per envelope.
 
-distribution sends `{"events": [...]}`, one event per envelope in practice,
-and retries a non-2xx answer forever, holding back every later event. So an
-envelope is refused (400) only if it is truly malformed or a manifest event in
-it names an invalid repository, tag or digest; everything well-formed that
-georep does not replicate (pulls, blob pushes and mounts, schema 1) is
-skipped with a reason and acknowledged.
+What each line sends, measured (tests/fixtures/notifications/ holds the captured envelopes):
+
+    registry action                      event                                          georep
+    image push                           blob `push` per blob, then manifest `push`     the manifest push
+                                         with the tag and `references`
+    multi-arch push                      untagged child manifest pushes, then the       each one (children
+                                         tagged index push                              untagged)
+    cross-repository mount               blob `mount` (`fromRepository`); the manifest  the manifest push
+                                         is a plain `push`
+    pull, HEAD                           `pull`                                         skipped
+    delete by digest                     `delete` {digest}; then `delete` {tag} per     each one
+                                         tag that pointed at it (both lines)
+    delete by tag (3.x; 2.8.2: 400)      `delete` {tag, digest: "", mediaType: ""}      a tag delete
+    blob delete                          `delete` {digest}: the same as a manifest's    a digest delete (a
+                                                                                        region finds no such
+                                                                                        manifest: no-op)
+
+3.x writes empty strings where 2.8.2 leaves a field out (`digest`, `mediaType`, `size: 0`); both mean "absent".
+See `producers.notifications` for what is refused and what is skipped.
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ import orjson
 from engine.errors import InvalidEvent
 from engine.events import Action, Source
 from engine.manifests import DOCKER_SCHEMA1, MANIFEST_TYPES
-from producers.notifications import Parsed, Skipped, build_event, obj, text, timestamp
+from producers.notifications import Fields, Parsed, Skipped, build_event, safe_id, timestamp
 
 MEDIA_TYPES: Final = frozenset(
     {
@@ -27,16 +40,12 @@ MEDIA_TYPES: Final = frozenset(
         "application/json",
     }
 )
+#: one event per envelope in practice; more than this many is not a registry's envelope but an oversized body
 MAX_EVENTS: Final = 1000
 
 
-def _is_manifest_target(target: dict[str, object]) -> bool:
-    media_type = target.get("mediaType")
-    url = target.get("url")
-    # Only a string can be looked up: a list or object here is hostile input, not a manifest type.
-    return (isinstance(media_type, str) and media_type in MANIFEST_TYPES) or (
-        isinstance(url, str) and "/manifests/" in url
-    )
+class TooManyEvents(InvalidEvent):
+    reason = "body-too-large"
 
 
 def parse_envelope(body: bytes, received_at: datetime) -> Parsed:
@@ -44,54 +53,75 @@ def parse_envelope(body: bytes, received_at: datetime) -> Parsed:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"body is not JSON: {exc}") from None
-    events = obj(doc, "body").get("events")
+    events = doc.get("events") if isinstance(doc, dict) else None
     if not isinstance(events, list):
-        raise InvalidEvent("body.events must be a list")
+        return Parsed(skipped=[Skipped(0, "not a notification envelope: no list of events", kind="shape")])
     if len(events) > MAX_EVENTS:
-        raise InvalidEvent(f"body.events holds {len(events)} events; the limit is {MAX_EVENTS}")
+        raise TooManyEvents(f"body.events holds {len(events)} events; the limit is {MAX_EVENTS}")
     parsed = Parsed()
     for index, raw in enumerate(events):
-        where = f"events[{index}]"
-        event = obj(raw, where)
-        event_id = text(event, "id", where)
-        action = text(event, "action", where)
-        target = obj(event.get("target"), f"{where}.target")
-        skip = _skip_reason(action or "", target)
-        if skip:
-            parsed.skipped.append(Skipped(index, skip, event_id))
-            continue
-        occurred = timestamp(text(event, "timestamp", where) or "", f"{where}.timestamp")
-        parsed.events.append(
-            build_event(
-                where,
-                {
-                    "id": event_id,
-                    "source": Source.DISTRIBUTION,
-                    "action": Action.DELETE if action == "delete" else Action.PUSH,
-                    "repository": target.get("repository"),
-                    "digest": target.get("digest"),
-                    "media_type": target.get("mediaType") or None,
-                    "size": target.get("size"),
-                    "tag": target.get("tag") or None,
-                    "occurred_at": occurred,
-                    "received_at": received_at,
-                },
-            )
-        )
+        _event(parsed, index, Fields(raw), received_at)
     return parsed
 
 
-def _skip_reason(action: str, target: dict[str, object]) -> str | None:
+def _event(parsed: Parsed, index: int, event: Fields, received_at: datetime) -> None:
+    where = f"events[{index}]"
+    target = event.child("target")
+    action = event.text("action") or ""
+    skip = _skip_reason(action, target, event.present)
+    if skip is None and target.text("repository") is None:
+        skip = ("shape", "the event names no repository")
+    if skip is None and action in ("push", "mount") and target.text("digest") is None:
+        skip = ("shape", "a manifest push without a digest")
+    if skip is None and action == "delete" and target.text("digest") is None and target.text("tag") is None:
+        skip = ("repository-delete", "a delete of a whole repository (no digest, no tag): regions keep its content")
+    if skip is not None:
+        kind, reason = skip
+        parsed.skipped.append(Skipped(index, reason, event.text("id"), kind))
+        return
+    # What is replicated becomes storage keys: a name, tag or digest outside the grammar refuses the envelope.
+    repository = target.repository("repository", f"{where}.target")
+    digest = target.digest("digest", f"{where}.target")
+    tag = target.tag("tag", f"{where}.target")
+    event_id = safe_id(event.text("id"), action, repository, digest, tag, event.text("timestamp"))
+    media_type = target.text("mediaType")
+    size = target.number("size")
+    parsed.events.append(
+        build_event(
+            where,
+            {
+                "id": event_id,
+                "source": Source.DISTRIBUTION,
+                "action": Action.DELETE if action == "delete" else Action.PUSH,
+                "repository": repository,
+                "digest": digest,
+                "media_type": media_type if media_type and len(media_type) <= 255 else None,
+                "size": int(size) if size is not None and size > 0 else None,
+                "tag": tag,
+                "occurred_at": timestamp(event.text("timestamp"), received_at),
+                "received_at": received_at,
+            },
+        )
+    )
+
+
+def _skip_reason(action: str, target: Fields, present: bool) -> tuple[str, str] | None:
+    """(kind, reason) for an event georep does not replicate; None for one it does."""
+    if not present:
+        return "shape", "the event is not a JSON object"
+    if not target.present:
+        return "shape", "the event has no target"
     if action == "pull":
-        return "pull events are not replicated"
+        return "pull", "pull events are not replicated"
     if action == "delete":
-        # distribution 2.8 sends manifest and blob deletes alike (repository + digest);
-        # the replicator tells them apart by what the region holds.
+        # Manifest and blob deletes look alike; the replicator tells them apart by what the region holds.
         return None
     if action not in ("push", "mount"):
-        return f"action {action[:40]!r} is not replicated"
-    if target.get("mediaType") in DOCKER_SCHEMA1:
-        return "Docker schema 1 manifests cannot be replicated"
-    if not _is_manifest_target(target):
-        return "blob events need no replication: the manifest push that follows copies its blobs"
+        return "action", f"action {action[:40]!r} is not replicated" if action else "the event has no action"
+    media_type = target.text("mediaType")
+    if media_type in DOCKER_SCHEMA1:
+        return "schema1", "Docker schema 1 manifests cannot be replicated"
+    url = target.text("url") or ""
+    if media_type not in MANIFEST_TYPES and "/manifests/" not in url:
+        return "blob", "blob events need no replication: the manifest push that follows copies its blobs"
     return None

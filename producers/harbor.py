@@ -1,71 +1,84 @@
 """Harbor webhooks: the Default payload and the CloudEvents (structured) payload.
 
-Harbor gives no stable event id (the CloudEvents id is a fresh UUID per
-delivery), so the id is derived from what the event says: a redelivery of the
-same push gets the same id and is deduplicated downstream.
+    Default       {type: PUSH_ARTIFACT | DELETE_ARTIFACT | ..., occur_at: <unix s>, operator,
+                   event_data: {resources: [{digest, tag, resource_url}], repository: {repo_full_name, ...}}}
+    CloudEvents   {specversion, id, type: harbor.artifact.pushed | harbor.artifact.deleted | ..., time,
+                   data: <event_data>, ...}
+
+`resources[].tag` is the artifact's first tag, or its digest when it has none (then: no tag). A
+DELETE_ARTIFACT removes the whole artifact, so it is a delete by digest; Harbor sends no webhook for
+removing one tag. Every other type (pulls, scans, quotas, replication, retention) is skipped.
+
+Harbor gives no stable event id (the CloudEvents id is a fresh UUID per delivery), so the id is derived
+from what the event says: a redelivery of the same push gets the same id and is deduplicated downstream.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import orjson
 
 from engine.errors import InvalidEvent
 from engine.events import Action, Source
-from producers.notifications import Parsed, Skipped, build_event, obj, text, timestamp
+from producers.notifications import Fields, Parsed, Skipped, build_event, timestamp
 
 _DEFAULT_TYPES: Final = {"PUSH_ARTIFACT": Action.PUSH, "DELETE_ARTIFACT": Action.DELETE}
 _CLOUDEVENT_TYPES: Final = {"harbor.artifact.pushed": Action.PUSH, "harbor.artifact.deleted": Action.DELETE}
 MAX_RESOURCES: Final = 1000
 
 
+class TooManyResources(InvalidEvent):
+    reason = "body-too-large"
+
+
 def parse_harbor(body: bytes, received_at: datetime) -> Parsed:
     try:
-        doc = obj(orjson.loads(body), "body")
+        doc = Fields(orjson.loads(body))
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"body is not JSON: {exc}") from None
-    if "specversion" in doc:
-        kind = text(doc, "type", "body") or ""
+    kind = doc.text("type") or ""
+    if "specversion" in doc.doc:
         action = _CLOUDEVENT_TYPES.get(kind)
-        data = doc.get("data")
-        occurred = timestamp(text(doc, "time", "body") or "", "body.time") if action else received_at
+        data = doc.child("data")
+        occurred = timestamp(doc.text("time"), received_at)
     else:
-        kind = text(doc, "type", "body") or ""
         action = _DEFAULT_TYPES.get(kind)
-        data = doc.get("event_data")
-        occurred = _unix_time(doc.get("occur_at")) if action else received_at
+        data = doc.child("event_data")
+        occurred = _unix_time(doc.number("occur_at"), received_at)
     if action is None:
-        return Parsed(skipped=[Skipped(0, f"Harbor event type {kind[:60]!r} is not replicated")])
-
-    data = obj(data, "body.event_data")
-    repository = text(obj(data.get("repository"), "body.event_data.repository"), "repo_full_name", "repository")
-    resources = data.get("resources")
-    if not isinstance(resources, list) or not resources:
-        raise InvalidEvent("body.event_data.resources must be a non-empty list")
+        reason = f"Harbor event type {kind[:60]!r} is not replicated" if kind else "no Harbor event type"
+        return Parsed(skipped=[Skipped(0, reason, kind="type")])
+    repository = data.child("repository").repository("repo_full_name", "body.event_data.repository")
+    resources = data.doc.get("resources")
+    if repository is None or not isinstance(resources, list) or not resources:
+        return Parsed(skipped=[Skipped(0, "the Harbor event names no repository or no artifact", kind="shape")])
     if len(resources) > MAX_RESOURCES:
-        raise InvalidEvent(f"body.event_data.resources holds {len(resources)} items; the limit is {MAX_RESOURCES}")
+        raise TooManyResources(f"body.event_data.resources holds {len(resources)} items; the limit is {MAX_RESOURCES}")
     parsed = Parsed()
     for index, raw in enumerate(resources):
         where = f"resources[{index}]"
-        resource = obj(raw, where)
-        digest = text(resource, "digest", where, required=action is Action.PUSH)
-        tag = text(resource, "tag", where, required=False)
-        if tag is not None and tag == digest:
-            tag = None  # Harbor repeats the digest as the tag of an untagged artifact
-        event_id = _derived_id(action.value, occurred, repository, digest, tag)
+        resource = Fields(raw)
+        digest = resource.digest("digest", where)
+        tag_text = resource.text("tag")
+        # Harbor repeats the digest as the tag of an untagged artifact.
+        tag = None if tag_text is None or tag_text.startswith("sha256:") else resource.tag("tag", where)
+        if digest is None:
+            parsed.skipped.append(Skipped(index, "the artifact has no digest", kind="shape"))
+            continue
         parsed.events.append(
             build_event(
                 where,
                 {
-                    "id": event_id,
+                    "id": _derived_id(action.value, occurred, str(repository), str(digest), str(tag or "")),
                     "source": Source.HARBOR,
                     "action": action,
                     "repository": repository,
                     "digest": digest,
-                    "tag": tag,
+                    # A delete removes the artifact with all its tags, like a delete by digest.
+                    "tag": tag if action is Action.PUSH else None,
                     "occurred_at": occurred,
                     "received_at": received_at,
                 },
@@ -74,9 +87,9 @@ def parse_harbor(body: bytes, received_at: datetime) -> Parsed:
     return parsed
 
 
-def _unix_time(value: Any) -> datetime:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 2**33:
-        raise InvalidEvent("body.occur_at must be a unix time in seconds")
+def _unix_time(value: float | None, default: datetime) -> datetime:
+    if value is None or not 0 < value < 2**33:
+        return default
     return datetime.fromtimestamp(value, UTC)
 
 

@@ -1,15 +1,39 @@
-"""What a webhook body turns into: events to publish, and events skipped with a reason."""
+"""What a webhook body turns into: events to publish, and events skipped with a reason.
+
+The contract with a registry, whose queue retries a refused notification forever (holding back every later
+one), is that a body is refused only when it cannot be from a registry at all:
+
+    refused (4xx)   not JSON; a repository name, tag or digest *string* outside the registry's own grammar
+                    (`../x`, an upper-case hex digest): no real registry sends those
+    published       a manifest push (tagged or not), a delete by digest, a delete by tag
+    skipped (2xx)   everything else a registry may send, each with its reason in the answer, the log and a
+                    metric: pulls, blob events, mounts, unknown actions and media types, a delete of a whole
+                    repository, an event or envelope whose shape is not one georep knows, a field missing
+
+An absent field and an empty one are the same (v3 sends `"digest": ""` on a tag delete); a field of the
+wrong JSON type is treated as absent. `Fields` reads them that way.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, TypeVar
 
 from pydantic import ValidationError
 
-from engine.errors import InvalidEvent
+from engine.digest import Digest
+from engine.errors import InvalidEvent, InvalidInput
 from engine.events import ReplicationEvent, describe
+from engine.names import Repository, Tag
+
+V = TypeVar("V")
+
+#: event ids georep keeps as given; any other id is replaced by a hash of it (ids reach logs and terminals)
+SAFE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +41,8 @@ class Skipped:
     index: int
     reason: str
     event_id: str | None = None
+    #: a short stable word for the metric (`georep_webhook_skipped_total{kind}`): pull, blob, action, shape, ...
+    kind: str = "other"
 
 
 @dataclass(slots=True)
@@ -25,35 +51,67 @@ class Parsed:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def obj(value: object, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidEvent(f"{where} must be a JSON object")
-    return value
+class Fields:
+    """A JSON object from a notification, read leniently: absent, empty and wrongly typed values are None."""
+
+    def __init__(self, value: object) -> None:
+        self.doc: dict[str, Any] = value if isinstance(value, dict) else {}
+        self.present = isinstance(value, dict)
+
+    def text(self, key: str) -> str | None:
+        value = self.doc.get(key)
+        return value if isinstance(value, str) and value else None
+
+    def number(self, key: str) -> int | float | None:
+        value = self.doc.get(key)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    def child(self, key: str) -> Fields:
+        return Fields(self.doc.get(key))
+
+    # The values that become storage keys: present ones must be valid, or the body is refused.
+
+    def repository(self, key: str, where: str) -> Repository | None:
+        return _valid(Repository.parse, self.text(key), f"{where}.{key}")
+
+    def tag(self, key: str, where: str) -> Tag | None:
+        return _valid(Tag.parse, self.text(key), f"{where}.{key}")
+
+    def digest(self, key: str, where: str) -> Digest | None:
+        return _valid(Digest.parse, self.text(key), f"{where}.{key}")
 
 
-def text(doc: dict[str, Any], key: str, where: str, *, required: bool = True) -> str | None:
-    value = doc.get(key)
-    if value is None or value == "":
-        if required:
-            raise InvalidEvent(f"{where}.{key} is missing")
+def _valid(parse: Callable[[str], V], value: str | None, where: str) -> V | None:
+    if value is None:
         return None
-    if not isinstance(value, str):
-        raise InvalidEvent(f"{where}.{key} must be a string")
-    return value
+    try:
+        return parse(value)
+    except InvalidInput as exc:
+        raise InvalidEvent(f"{where}: {exc}") from None
 
 
-def timestamp(value: str, where: str) -> datetime:
+def safe_id(value: str | None, *material: object) -> str:
+    """The source's event id if it is plain; otherwise (or if there is none) one derived from the event itself,
+    so that a redelivery of the same event still gets the same id."""
+    if value is not None and SAFE_ID.fullmatch(value):
+        return value
+    seed = "\x00".join(str(m) for m in (value, *material))
+    return "derived-" + hashlib.sha256(seed.encode()).hexdigest()[:32]
+
+
+def timestamp(value: str | None, default: datetime) -> datetime:
+    """An RFC 3339 time with a zone; `default` (when the webhook received it) for anything else."""
+    if value is None:
+        return default
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidEvent(f"{where} is not an RFC 3339 timestamp") from None
-    if parsed.tzinfo is None:
-        raise InvalidEvent(f"{where} has no time zone")
-    return parsed
+        return default
+    return parsed if parsed.tzinfo is not None else default
 
 
 def build_event(where: str, fields: dict[str, Any]) -> ReplicationEvent:
-    """Validate an event, turning field errors into one InvalidEvent naming `where`."""
+    """Validate an event built from already-valid values (a failure here is georep's bug, said as such)."""
     try:
         return ReplicationEvent.model_validate(fields)
     except ValidationError as exc:

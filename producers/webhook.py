@@ -38,6 +38,9 @@ log = structlog.get_logger(__name__)
 
 REQUESTS = Counter("georep_webhook_requests_total", "Webhook requests by source and HTTP status", ["source", "status"])
 EVENTS = Counter("georep_webhook_events_total", "Events by source and outcome", ["source", "outcome"])
+SKIPPED = Counter(
+    "georep_webhook_skipped_total", "Events acknowledged but not replicated, by source and kind", ["source", "kind"]
+)
 
 Parser = Callable[[bytes, datetime], Parsed]
 _JSON_TYPES: Final = distribution.MEDIA_TYPES | {"application/cloudevents+json"}
@@ -119,8 +122,9 @@ class WebhookApp:
         try:
             parsed = parse(body, utcnow())
         except InvalidInput as exc:
-            bound.warning("webhook.refused", status=400, reason=exc.message)
-            return _error(400, exc.reason, exc.message)
+            status = 413 if exc.reason == "body-too-large" else 400
+            bound.warning("webhook.refused", status=status, reason=exc.message)
+            return _error(status, exc.reason, exc.message)
 
         duplicates = [event.id for event in parsed.events if event.id in self._published]
         parsed.events = [event for event in parsed.events if event.id not in self._published]
@@ -128,7 +132,10 @@ class WebhookApp:
             bound.info("webhook.event_skipped", event_id=event_id, reason="duplicate delivery: already published")
         EVENTS.labels(source, "duplicate").inc(len(duplicates))
         for skip in parsed.skipped:
-            bound.info("webhook.event_skipped", index=skip.index, event_id=skip.event_id, reason=skip.reason)
+            bound.info(
+                "webhook.event_skipped", index=skip.index, event_id=skip.event_id, kind=skip.kind, reason=skip.reason
+            )
+            SKIPPED.labels(source, skip.kind).inc()
         EVENTS.labels(source, "skipped").inc(len(parsed.skipped))
         if parsed.events:
             messages = [(event.key, event.to_json()) for event in parsed.events]

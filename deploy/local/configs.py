@@ -1,8 +1,4 @@
-"""Configuration files of the local stack, generated from one StackSpec.
-
-Registry configs are written as JSON, which is valid YAML: distribution reads
-them unchanged, and no YAML library is needed to produce them.
-"""
+"""Configuration files of the local stack, generated from one StackSpec (registry configs in YAML)."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.ports import Ports
-from deploy.registry_config import registry_config
+from deploy.registry_config import load_primary_config, registry_config, render
 from engine.replicas import ReplicaDefinition
 from engine.settings import KafkaSettings
 
@@ -54,6 +50,8 @@ class StackSpec:
     http_secret: str
     api_token: str
     host: str = "127.0.0.1"
+    #: "2" (Debian's distribution 2.8.2) or "3" (distribution v3): every registry of the stack runs this line
+    registry_line: str = "2"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def url(self, port: int) -> str:
@@ -111,7 +109,7 @@ def primary_registry(spec: StackSpec) -> Path:
             }
         ],
     }
-    return _write(spec.root / "primary" / "config.yml", json.dumps(config, indent=2))
+    return _write(spec.root / "primary" / "config.yml", render(config))
 
 
 def replica_request(spec: StackSpec, region: RegionSpec) -> dict[str, Any]:
@@ -132,9 +130,9 @@ def replica_request(spec: StackSpec, region: RegionSpec) -> dict[str, Any]:
 def region_registry(spec: StackSpec, replica: ReplicaDefinition) -> Path:
     """The region's read-only registry, generated from its replica definition (keys come from the environment)."""
     listen = replica.registry or f"{spec.host}:5000"
-    primary = json.loads((spec.root / "primary" / "config.yml").read_text())
+    primary = load_primary_config(spec.root / "primary" / "config.yml")
     config = registry_config(replica, listen=listen, primary=primary)
-    return _write(spec.root / f"registry-{replica.region}" / "config.yml", json.dumps(config, indent=2))
+    return _write(spec.root / f"registry-{replica.region}" / "config.yml", render(config))
 
 
 def seaweed_identities(spec: StackSpec, region: RegionSpec) -> Path:

@@ -8,6 +8,7 @@ from each region with skopeo, prints the replication records, and stops.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import tempfile
@@ -48,10 +49,11 @@ async def _records(logs_url: str, regions: int, timeout_s: float = 30) -> None:
     raise TimeoutError("the log store did not receive a record from every region")
 
 
-async def run() -> None:
-    print("starting the local stack (Kafka, SeaweedFS per region, registries, georep) ...")
+async def run(registry_line: str) -> None:
+    line = "distribution 2.8.2" if registry_line == "2" else "distribution v3"
+    print(f"starting the local stack (Kafka, SeaweedFS per region, {line} registries, georep) ...")
     started = time.monotonic()
-    info = await stack.up(DEMO_DIR, DEMO_PORT_BASE, list(configs.DEFAULT_REGIONS))
+    info = await stack.up(DEMO_DIR, DEMO_PORT_BASE, list(configs.DEFAULT_REGIONS), registry_line=registry_line)
     print(f"stack ready in {time.monotonic() - started:.1f}s")
     with tempfile.TemporaryDirectory() as tmp:
         layout = Path(tmp) / "layout"
@@ -89,8 +91,11 @@ async def _georep(info: dict[str, Any], what: str, *args: str) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m deploy.local.demo")
+    parser.add_argument("--registry", choices=sorted(stack.REGISTRIES), default="2", help="2: 2.8.2; 3: v3")
+    args = parser.parse_args()
     try:
-        asyncio.run(run())
+        asyncio.run(run(args.registry))
     except (stack.StackError, skopeo.SkopeoError, TimeoutError) as exc:
         print(f"\ndemo failed: {exc}\nevery component's log: {DEMO_DIR / 'logs'}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -44,6 +44,8 @@ from engine.settings import KafkaSettings
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_LIBS = REPO / ".cache" / "kafka" / "libs"
+#: the registry lines the stack can run: Debian's CNCF distribution 2.8.2, and v3 built by `make install`
+REGISTRIES = {"2": "docker-registry", "3": str(REPO / ".cache" / "go" / "bin" / "registry")}
 DEFAULT_DIR = REPO / ".georep"
 DEFAULT_PORT_BASE = 17000
 STACK_FILE = "stack.json"
@@ -68,6 +70,16 @@ class Running:
     def regions(self) -> dict[str, dict[str, Any]]:
         regions: dict[str, dict[str, Any]] = self.info["regions"]
         return regions
+
+    @property
+    def registry(self) -> str:
+        """The registry binary of the stack's line: what its primary runs."""
+        return str(self.info["commands"]["primary"]["argv"][0])
+
+    @property
+    def line(self) -> str:
+        """The stack's registry line: "2.8.2" or "3"."""
+        return "3" if self.registry == REGISTRIES["3"] else "2.8.2"
 
     def kafka(self, **overrides: Any) -> KafkaSettings:
         """Settings for a Kafka client of the stack's administrator (scripts and tests use these)."""
@@ -138,6 +150,15 @@ class Launcher:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, Proc] = {}
         self.commands: dict[str, dict[str, Any]] = {}
+
+    def registry(self) -> str:
+        """The registry binary of the stack's line (2.8.2 or v3)."""
+        line = self.spec.registry_line
+        found = shutil.which(REGISTRIES[line])
+        if found is None:
+            hint = "apt-get install docker-registry" if line == "2" else "make install (go install distribution v3)"
+            raise StackError(f"registry line {line}: {REGISTRIES[line]} not found ({hint})")
+        return found
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         command = {"argv": argv, "env": env or {}, "log": str(self.logs / f"{name}.log")}
@@ -252,7 +273,7 @@ def _probe(info: dict[str, Any], name: str) -> Callable[[], Awaitable[bool]]:
         "webhook": lambda: _http_ok(info["webhook"].rsplit("/webhooks/", 1)[0] + "/readyz"),
         "logstore": lambda: _http_ok(info["logs"] + "/readyz"),
         "s3": lambda: _bucket_ready(region["s3"], region["bucket"], region["access_key"], region["secret_key"]),
-        "registry": lambda: _http_ok(f"http://{region.get('registry')}/v2/"),
+        "registry": lambda: _http_ok(f"http://{region.get('registry')}/v2/_catalog?n=1"),
         "replicator": lambda: _http_ok(f"{region.get('replicator')}/readyz"),
     }
     return probes[kind]
@@ -267,7 +288,7 @@ async def wait_up(root: Path, name: str, timeout_s: float = 90) -> None:
 # -- the stack ----------------------------------------------------------------
 
 
-def make_spec(root: Path, port_base: int, regions: list[str]) -> StackSpec:
+def make_spec(root: Path, port_base: int, regions: list[str], registry_line: str = "2") -> StackSpec:
     specs = tuple(
         RegionSpec(
             name=name,
@@ -287,6 +308,7 @@ def make_spec(root: Path, port_base: int, regions: list[str]) -> StackSpec:
         webhook_token=secrets.token_urlsafe(24),
         http_secret=secrets.token_urlsafe(24),
         api_token=secrets.token_urlsafe(24),
+        registry_line=registry_line,
     )
 
 
@@ -350,10 +372,12 @@ async def up(
     regions: list[str],
     timeout_s: float = 90,
     georep_env: dict[str, str] | None = None,
+    registry_line: str = "2",
 ) -> dict[str, Any]:
     """Start every part, wait until each answers, write and return stack.json.
 
-    `georep_env` adds `GEOREP_*` settings to georep's own processes (tests shorten backoffs with it).
+    `georep_env` adds `GEOREP_*` settings to georep's own processes (tests shorten backoffs with it);
+    `registry_line` is "2" (Debian's distribution 2.8.2) or "3" (distribution v3) for every registry.
     """
     if (root / STACK_FILE).exists() and _running(_read(root)):
         raise StackError(f"a stack is already running from {root}: stop it first (make down)")
@@ -361,7 +385,7 @@ async def up(
         shutil.rmtree(root / leftover, ignore_errors=True)
     # aiokafka logs every refused connection while Kafka boots; the readiness probe expects those.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    spec = make_spec(root, port_base, regions)
+    spec = make_spec(root, port_base, regions, registry_line)
     spec.root.mkdir(parents=True, exist_ok=True)
     launcher = Launcher(spec, georep_env or {})
     try:
@@ -386,7 +410,7 @@ async def _up(launcher: Launcher, timeout_s: float) -> None:
         ),
     )
 
-    registry = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    registry = launcher.registry()
     launcher.start("primary", [registry, "serve", str(configs.primary_registry(spec))])
     configs.georep_toml(spec)
     launcher.start("webhook", _georep(spec, "webhook"), launcher.georep_env)
@@ -407,7 +431,8 @@ async def _up(launcher: Launcher, timeout_s: float) -> None:
         port = spec.ports.replicator(region.index)
         env = launcher.georep_env | {"GEOREP_REPLICATOR__PORT": str(port)}
         launcher.start(f"replicator-{region.name}", _georep(spec, "replicate", "--region", region.name), env)
-        registry_url = spec.url(spec.ports.registry(region.index)) + "/v2/"
+        # The catalog, not /v2/: /v2/ answers without touching storage, even when the bucket is unreachable.
+        registry_url = spec.url(spec.ports.registry(region.index)) + "/v2/_catalog?n=1"
         replicator_url = spec.url(spec.ports.replicator(region.index)) + "/readyz"
         probes.append(launcher.wait(f"registry-{region.name}", lambda u=registry_url: _http_ok(u), timeout_s))  # type: ignore[misc]
         probes.append(launcher.wait(f"replicator-{region.name}", lambda u=replicator_url: _http_ok(u), timeout_s))  # type: ignore[misc]
@@ -523,6 +548,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("GEOREP_STACK_DIR", DEFAULT_DIR)))
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("GEOREP_PORT_BASE", DEFAULT_PORT_BASE)))
     parser.add_argument("--regions", default=",".join(configs.DEFAULT_REGIONS))
+    parser.add_argument("--registry", choices=sorted(REGISTRIES), default="2", help="2: distribution 2.8.2; 3: v3")
     args = parser.parse_args(argv)
     root = args.dir.resolve()
     if args.action == "down":
@@ -531,7 +557,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     started = time.monotonic()
     try:
-        info = asyncio.run(up(root, args.port_base, [r.strip() for r in args.regions.split(",") if r.strip()]))
+        regions = [r.strip() for r in args.regions.split(",") if r.strip()]
+        info = asyncio.run(up(root, args.port_base, regions, registry_line=args.registry))
     except StackError as exc:
         print(f"stack failed to start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

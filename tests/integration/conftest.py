@@ -32,6 +32,7 @@ from engine.settings import RegionSettings
 pytestmark = pytest.mark.integration
 
 PORT_BASE = int(os.environ.get("GEOREP_TEST_PORT_BASE", "23000"))
+PORT_BASE_V3 = int(os.environ.get("GEOREP_TEST_PORT_BASE_V3", "24000"))
 REPLICATION_TIMEOUT_S = 60
 QUIET_RECONCILE = {"GEOREP_RECONCILE__INTERVAL_S": "3600"}
 
@@ -153,7 +154,7 @@ class Stack(stack.Running):
         )
         assert code == 0, err
         logs = self.root / "logs"
-        registry_argv = ["docker-registry", "serve", str(config)]
+        registry_argv = [self.registry, "serve", str(config)]
         registry_proc = stack.spawn({
             "argv": registry_argv, "log": str(logs / f"registry-{name}.log"),
             "env": {ACCESS_KEY_ENV: base["access_key"], SECRET_KEY_ENV: base["secret_key"]},
@@ -221,6 +222,25 @@ async def run_georep(live: Stack, *args: str, timeout_s: float = 60) -> tuple[in
     out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture(scope="session")
+async def live_v3(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """The same stack with distribution v3 as the primary and as every region's registry."""
+    root = tmp_path_factory.mktemp("stack-v3")
+    info = await stack.up(
+        root, PORT_BASE_V3, ["ap-singapore", "eu-frankfurt"], georep_env=QUIET_RECONCILE, registry_line="3"
+    )
+    try:
+        yield Stack(info, root, tmp_path_factory.mktemp("images-v3"), itertools.count(1))
+    finally:
+        stack.down(root)
+
+
+@pytest.fixture(scope="session", params=["2.8.2", "3"])
+def line(request: pytest.FixtureRequest, live: Stack, live_v3: Stack) -> Stack:
+    """Each registry line's stack in turn: image cases run on CNCF distribution 2.8.2 and on v3."""
+    return live if request.param == "2.8.2" else live_v3
 
 
 @pytest.fixture(scope="session")
