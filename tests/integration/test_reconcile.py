@@ -1,10 +1,11 @@
 """Reconciliation on the real stack: a region damaged behind georep's back heals by itself, a region that matches
 costs no write, a tag moving during passes ends on the final digest, and two replicators split the repositories.
 
-Each test runs on a replica region of its own (its bucket on ap-singapore's SeaweedFS server, a filter taking the
-test's own repositories only: a region without one would reconcile every repository other tests pushed, which
-is a backfill's work) whose replicators reconcile every PASS_S seconds and check every key at least every FULL_S seconds, so that a heal is seconds
-away; production defaults are 300 s and 6 h. The main regions keep their loop quiet (conftest).
+Each test runs on a replica region of its own: its bucket on ap-singapore's SeaweedFS server, and a filter that
+takes the test's own repositories only (a region without one would reconcile every repository other tests
+pushed, which is a backfill's work). Its replicators reconcile every PASS_S seconds and check every key at least
+every FULL_S seconds, so that a heal is seconds away; production defaults are 300 s and 6 h. The main regions
+keep their loop quiet (conftest).
 """
 
 from __future__ import annotations
