@@ -23,12 +23,21 @@ DISTRIBUTION_V3 := v3.1.2
 ORAS_VERSION := v1.3.6
 V3_STAMP := $(GO_BIN)/.registry-$(DISTRIBUTION_V3)
 ORAS_STAMP := $(GO_BIN)/.oras-$(ORAS_VERSION)
+# kustomize renders deploy/k8s the way `kubectl apply -k` does; the tests check what each pod would get.
+KUSTOMIZE_VERSION := v5.5.0
+KUSTOMIZE_STAMP := $(GO_BIN)/.kustomize-$(KUSTOMIZE_VERSION)
 # The registry line of the local stack: 2 (Debian's 2.8.2, the default) or 3 (distribution v3); `make up REGISTRY=3`.
 REGISTRY ?= 2
+# Kafka nodes of the local stack (1, or a cluster of 3: `make up KAFKA_BROKERS=3`), georep API processes
+# (1, or 2 that elect a leader), and webhook processes (each a notification endpoint of the primary).
+KAFKA_BROKERS ?= 1
+API_PROCESSES ?= 1
+WEBHOOKS ?= 1
+STACK_ARGS = --registry $(REGISTRY) --kafka-brokers $(KAFKA_BROKERS) --api-processes $(API_PROCESSES) --webhooks $(WEBHOOKS)
 
 .PHONY: install up down demo test lint typecheck unit integration faults bench clean
 
-install: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP) $(V3_STAMP) $(ORAS_STAMP)
+install: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP) $(V3_STAMP) $(ORAS_STAMP) $(KUSTOMIZE_STAMP)
 
 # Debian's CNCF distribution 2.8.2 and skopeo 1.9.3: the registries and the client users push with.
 $(SYSTEM_STAMP):
@@ -64,8 +73,13 @@ $(ORAS_STAMP):
 	$(GO_ENV) go install oras.land/oras/cmd/oras@$(ORAS_VERSION)
 	@touch $@
 
+$(KUSTOMIZE_STAMP):
+	@command -v go >/dev/null || { echo "need Go to build kustomize $(KUSTOMIZE_VERSION)"; exit 1; }
+	$(GO_ENV) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	@touch $@
+
 up: install
-	$(PY) -m deploy.local.stack up --registry $(REGISTRY)
+	$(PY) -m deploy.local.stack up $(STACK_ARGS)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m deploy.local.stack down; fi

@@ -12,20 +12,24 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Final, Generic, TypeVar
+from datetime import datetime
+from typing import Any, Final, Generic, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter
 
 from adapters.kafka import KAFKA_ERRORS, ensure_topics, start_reader
 from adapters.runtime import retry_until_stopped, unless_stopped
 from engine.errors import CatalogUnavailable, InvalidEvent
-from engine.replicas import ReplicaDefinition
+from engine.replicas import ReplicaDefinition, SignedReplica
 from engine.settings import KafkaSettings
+from engine.signing import verified
 
 log = structlog.get_logger(__name__)
 V = TypeVar("V")
+View = TypeVar("View", bound="CompactedView[Any]")
 _POLL_MS: Final = 500
 
 
@@ -141,12 +145,71 @@ class CompactedView(Generic[V]):
                     await asyncio.wait_for(self._changed.wait(), 1.0)
 
 
-def replica_view(kafka: KafkaSettings, role: str) -> CompactedView[ReplicaDefinition]:
-    return CompactedView(kafka, kafka.replicas_topic, ReplicaDefinition.from_json, role)
+IGNORED = Counter(
+    "georep_replica_definitions_ignored_total",
+    "Values on the replicas topic not followed: unsigned, wrongly signed, for another key, or older than the known",
+    ["reason"],
+)
+
+
+class ReplicaCatalog(CompactedView[ReplicaDefinition]):
+    """The replicas topic, following only definitions the georep API signed (engine.signing).
+
+    Per region, the newest signed value wins (a signed deletion removes the replica); an older signed value
+    replayed later, a Kafka tombstone, or anything unsigned is ignored, logged and counted.
+
+    An ignored value still sits on top of the key, and compaction would keep it alone: a process started
+    later would no longer see the region, or would see a replayed older definition. `overwritten` names such
+    keys of regions this view knows; the georep API signs their known state again (`ReplicaAdmin.restore`).
+    """
+
+    def __init__(self, kafka: KafkaSettings, role: str, verify_key: str) -> None:
+        super().__init__(kafka, kafka.replicas_topic, ReplicaDefinition.from_json, role)
+        self._verify_key = verify_key
+        self._signed_at: dict[str, datetime] = {}
+        self.overwritten: set[str] = set()
+
+    def known(self, name: str) -> bool:
+        """Whether a signed value (a definition or a deletion) of `name` was ever followed."""
+        return name in self._signed_at
+
+    def _ignore(self, name: str, offset: int, reason: str, detail: str) -> None:
+        IGNORED.labels(reason).inc()
+        log.warning("replicas.definition_ignored", key=name, offset=offset, reason=reason, detail=detail)
+        if name in self._signed_at:
+            self.overwritten.add(name)
+
+    def _apply(self, key: bytes | None, value: bytes | None, offset: int) -> None:
+        name = "" if key is None else key.decode(errors="replace")
+        if value is None:
+            self._ignore(name, offset, "tombstone", "a deletion must be signed by the georep API")
+            return
+        try:
+            signed = SignedReplica.from_json(verified(value, self._verify_key))
+        except InvalidEvent as exc:
+            self._ignore(name, offset, exc.reason, str(exc))
+            return
+        if signed.region != name:
+            self._ignore(name, offset, "wrong-key", f"a definition of {signed.region} under key {name!r}")
+            return
+        known = self._signed_at.get(name)
+        if known is not None and signed.signed_at <= known:
+            self._ignore(name, offset, "replayed", f"signed at {signed.signed_at}, not after the known {known}")
+            return
+        self._signed_at[name] = signed.signed_at
+        self.overwritten.discard(name)
+        if signed.definition is None:
+            self.values.pop(name, None)
+        else:
+            self.values[name] = signed.definition
+
+
+def replica_view(kafka: KafkaSettings, role: str, verify_key: str) -> ReplicaCatalog:
+    return ReplicaCatalog(kafka, role, verify_key)
 
 
 @asynccontextmanager
-async def following(view: CompactedView[V], timeout_s: float | None = None) -> AsyncIterator[CompactedView[V]]:
+async def following(view: View, timeout_s: float | None = None) -> AsyncIterator[View]:
     """`view`, read up to the end of its topic and kept current for the duration of the block.
 
     CatalogUnavailable unless that happens within `timeout_s` (default: the Kafka request timeout).

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -144,6 +144,8 @@ def topic_specs(kafka: KafkaSettings) -> list[NewTopic]:
         NewTopic(kafka.replicas_topic, 1, rf, topic_configs={**isr, **_COMPACTED}),
         NewTopic(kafka.backfill_topic, 1, rf, topic_configs={**isr, **_COMPACTED}),
         NewTopic(kafka.reconcile_topic, 1, rf, topic_configs={**isr, **_COMPACTED}),
+        # One partition: whoever the group georep.api gives it to leads the API processes.
+        NewTopic(kafka.leader_topic, 1, rf, topic_configs={**isr, **_COMPACTED}),
     ]
 
 
@@ -161,9 +163,17 @@ async def _create_missing(kafka: KafkaSettings, role: str) -> None:
         existing = set(await admin.list_topics())
         missing = [t for t in topic_specs(kafka) if t.name not in existing]
         if missing:
-            # Another process may create them between our list and our create.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
+            # aiokafka answers with an error code per topic rather than raising: each one is looked at. Another
+            # process may have created one between our list and our create (that one is fine).
+            answer = await admin.create_topics(missing)
+            for name, code, *message in answer.topic_errors:
+                if code == TopicAuthorizationFailedError.errno:
+                    raise ConfigError(
+                        f"{kafka.username or 'this principal'} may not create topic {name}: set kafka.create_topics = "
+                        "false and let an administrator create georep's topics (`georep topics`)"
+                    )
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise for_code(code)(f"creating topic {name}: {message[0] if message else for_code(code).__name__}")
             log.info("kafka.topics_created", topics=[t.name for t in missing])
 
 

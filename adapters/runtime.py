@@ -36,13 +36,40 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
     stop.set()
 
 
-async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+async def start_http(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    header_timeout_s: float | None = None,
+    max_connections: int | None = None,
+) -> web.AppRunner:
+    """Serve `app`. `header_timeout_s`: a connection that has not sent a whole request (headers) by then, or sits
+    idle that long, is closed (a slow-headers client cannot hold it open). `max_connections`: connections past
+    that many are closed at once."""
+    options: dict[str, Any] = {} if header_timeout_s is None else {"keepalive_timeout": header_timeout_s}
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **options)
     await runner.setup()
+    if max_connections is not None and runner.server is not None:
+        _limit(runner.server, max_connections)
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     log.info("http.listening", host=host, port=port)
     return runner
+
+
+def _limit(server: web.Server, most: int) -> None:
+    """Close a new connection while `most` are open (aiohttp has no such setting; its hook is wrapped)."""
+    admit = server.connection_made
+
+    def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+        if len(server.connections) >= most:
+            log.warning("http.connection_refused", open=len(server.connections), limit=most)
+            transport.close()
+            return
+        admit(handler, transport)
+
+    server.connection_made = connection_made  # type: ignore[method-assign]
 
 
 async def unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:

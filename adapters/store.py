@@ -126,7 +126,7 @@ class RegionStore:
             connect_timeout=5,
             read_timeout=60,
         )
-        access_key, secret_key = region.credentials()
+        access_key, secret_key = (None, None) if region.default_chain else region.credentials()
         async with AsyncExitStack() as stack:
             client = await stack.enter_async_context(
                 session.client(

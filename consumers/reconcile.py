@@ -55,7 +55,7 @@ from consumers import metrics
 from consumers.drift import Comparer, Finding, Skipped, delete_events, repair_events
 from consumers.regions import lookup_region
 from engine.digest import Digest
-from engine.errors import GeorepError, InvalidInput, UpstreamUnavailable
+from engine.errors import GeorepError, InvalidInput, KafkaUnavailable, UpstreamUnavailable
 from engine.events import ReconcilePass, ReplicationEvent, Source, utcnow
 from engine.layout import Layout
 from engine.names import Repository, Tag
@@ -246,7 +246,7 @@ class Reconciler:
 
     async def pass_once(self, stop: asyncio.Event | None = None) -> list[ReconcilePass]:
         """One pass over every repository of the partitions owned now; a ReconcilePass per partition."""
-        consumer = self.service.consumer
+        consumer = self._consumer()
         topic = self.settings.kafka.events_topic
         owned = sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic)
         self.last = {p: s for p, s in self.last.items() if p in owned}
@@ -284,7 +284,7 @@ class Reconciler:
     ) -> list[Outcome | None]:
         """Compare a partition's repositories once its live events are done; None for one deferred."""
         try:
-            end = await self._settle(tp) if tp in self.service.consumer.assignment() else None
+            end = await self._settle(tp) if tp in self._consumer().assignment() else None
         except KAFKA_ERRORS as exc:  # the partition was revoked meanwhile (a rebalance), or Kafka is away
             log.info("reconcile.partition_left", region=self.region, partition=tp.partition, error=str(exc))
             end = None
@@ -338,9 +338,17 @@ class Reconciler:
             await self.store.put(key, _encode(outcome.current), if_absent=False)
         return outcome
 
+    def _consumer(self) -> Any:
+        """The region's consumer now; KafkaUnavailable if it is gone (Kafka away, the service stopping), which
+        ends the pass: the next one starts over."""
+        consumer = self.service.consumer
+        if consumer is None:
+            raise KafkaUnavailable(f"region {self.region}'s consumer stopped during a reconciliation pass")
+        return consumer
+
     async def _settle(self, tp: TopicPartition) -> int | None:
         """The partition's end offset, once every event before it is done here; None if that takes too long."""
-        consumer = self.service.consumer
+        consumer = self._consumer()
         end: int = (await consumer.end_offsets([tp]))[tp]
         try:
             async with asyncio.timeout(self.tuning.settle_timeout_s):
@@ -357,7 +365,7 @@ class Reconciler:
 
     async def _racing(self, tp: TopicPartition, repository: Repository, end: int) -> bool:
         """True unless it is sure no live event of `repository` reached its partition after `end`."""
-        if tp not in self.service.consumer.assignment():
+        if tp not in self._consumer().assignment():
             return True  # the partition moved to another replicator: its next pass decides
         try:
             return await self._in_flight(tp, repository, end)
@@ -366,7 +374,7 @@ class Reconciler:
 
     async def _in_flight(self, tp: TopicPartition, repository: Repository, end: int) -> bool:
         """Did an event of `repository` reach its partition after `end` (it would race the repair)?"""
-        now: int = (await self.service.consumer.end_offsets([tp]))[tp]
+        now: int = (await self._consumer().end_offsets([tp]))[tp]
         if now == end:
             return False
         lane = self.service.lanes.get(tp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
@@ -14,11 +15,12 @@ from adapters.store import RegionStore
 from consumers.blobcopy import copy_blob
 from consumers.budget import ByteBudget
 from engine.digest import Digest
-from engine.errors import InvalidEvent, InvalidInput, most_telling
-from engine.events import Action, ReplicationEvent, Status
+from engine.errors import InvalidEvent, InvalidInput, InvalidManifest, OverCap, most_telling
+from engine.events import Action, ReplicationEvent, Status, utcnow
 from engine.layout import KeyKind, Layout, link_body
+from engine.manifests import Manifest
 from engine.names import Repository, Tag
-from engine.plan import Mode, Phase, TagState, Write, build_plan, steps, tag_writes
+from engine.plan import Mode, Phase, TagState, Write, build_plan, child_digests, steps, tag_writes
 from engine.replicas import ReplicaDefinition
 from engine.settings import ReplicatorSettings
 
@@ -46,6 +48,10 @@ class RegionReplicator:
         blob_slots: asyncio.Semaphore,
         budget: ByteBudget,
         replica: Callable[[], ReplicaDefinition | None] = lambda: None,
+        *,
+        manifest_budget: ByteBudget | None = None,
+        manifest_slots: asyncio.Semaphore | None = None,
+        max_clock_skew_s: float = 5.0,
     ) -> None:
         self.layout = layout
         # Read per event, so that a filter or the deletes switch changed in the catalog applies at once;
@@ -57,6 +63,9 @@ class RegionReplicator:
         # Shared by all partitions of the process: bounds memory and connections, not per-event work.
         self._blob_slots = blob_slots
         self._budget = budget
+        self._manifest_budget = manifest_budget or ByteBudget(tuning.manifest_buffer_bytes)
+        self._manifest_slots = manifest_slots or asyncio.Semaphore(tuning.manifest_fetches)
+        self.max_clock_skew = timedelta(seconds=max_clock_skew_s)
 
     async def replicate(self, event: ReplicationEvent) -> Outcome:
         replica = self.replica()
@@ -68,7 +77,7 @@ class RegionReplicator:
             return await self._delete(event)
         if event.digest is None:
             raise InvalidEvent("a push event without a digest")
-        tag_state = TagState(event.digest, event.occurred_at, event.id) if event.tag else None
+        tag_state = TagState(event.digest, self._when(event), event.id) if event.tag else None
         revision = self.layout.revision_link(event.repository, event.digest)
         if not event.repair and await self.store.exists(revision):
             # Its revision link is written after all of a manifest's content: the content is whole.
@@ -77,11 +86,16 @@ class RegionReplicator:
             note = await self._apply(event, writes, tag_state)
             return Outcome(Status.SUCCEEDED, note=note or "content already in the region")
 
-        root = await self.primary.manifest(event.repository, event.digest)
-        manifests = await self.primary.children(event.repository, root)
-        plan = build_plan(self.layout, event.repository, root, manifests, event.tag, tag_state, repair=event.repair)
-        copied: list[int] = []
-        note = await self._apply(event, list(plan.writes), tag_state, copied)
+        root = await self._fetch(event.repository, event.digest)
+        held = [0]  # manifest bytes this event holds room for, given back once its plan is written
+        try:
+            manifests = await self._children(event.repository, root, held)
+            plan = build_plan(self.layout, event.repository, root, manifests, event.tag, tag_state, repair=event.repair)
+            copied: list[int] = []
+            note = await self._apply(event, list(plan.writes), tag_state, copied)
+        finally:
+            if held[0]:
+                self._manifest_budget.release(held[0])
         return Outcome(
             Status.SUCCEEDED,
             blobs_total=len(plan.blobs),
@@ -90,6 +104,44 @@ class RegionReplicator:
             manifests_total=1 + len(plan.children),
             note=note,
         )
+
+    def _when(self, event: ReplicationEvent) -> datetime:
+        """When the event happened, but never further ahead of this clock than the allowed skew: an event dated in
+        the future (a forged one, a primary whose clock runs fast) must not win its tag for good."""
+        return min(event.occurred_at, utcnow() + self.max_clock_skew)
+
+    async def _fetch(self, repository: Repository, digest: Digest, declared: int | None = None) -> Manifest:
+        async with self._manifest_slots:
+            manifest = await self.primary.manifest(repository, digest)
+        if declared is not None and len(manifest.raw) != declared:
+            raise InvalidManifest(f"manifest {digest.short} is {len(manifest.raw)} bytes; its index says {declared}")
+        return manifest
+
+    async def _children(self, repository: Repository, root: Manifest, held: list[int]) -> dict[Digest, Manifest]:
+        """Every manifest under an index, a level at a time, within the caps a pusher cannot make georep exceed:
+        how many, how many bytes in all (checked from the sizes the index declares, before fetching), and the
+        process's room for manifests (taken before the bytes arrive, given back by the caller)."""
+        caps = self.tuning
+        manifests: dict[Digest, Manifest] = {}
+        total = len(root.raw)
+        while missing := child_digests(root, manifests):
+            if len(manifests) + len(missing) > caps.max_index_children:
+                raise OverCap(
+                    f"index {root.digest.short} has more than {caps.max_index_children} manifests under it "
+                    f"(replicator.max_index_children)"
+                )
+            size = sum(d.size for d in missing)
+            total += size
+            if total > caps.max_manifest_bytes:
+                raise OverCap(
+                    f"index {root.digest.short} needs more than {caps.max_manifest_bytes} bytes of manifests "
+                    f"(replicator.max_manifest_bytes)"
+                )
+            await self._manifest_budget.take(size)
+            held[0] += size
+            fetched = await _all(self._fetch(repository, d.digest, d.size) for d in missing)
+            manifests.update((m.digest, m) for m in fetched)
+        return manifests
 
     async def _apply(
         self, event: ReplicationEvent, writes: list[Write], tag_state: TagState | None, copied: list[int] | None = None
@@ -147,7 +199,7 @@ class RegionReplicator:
         return [t for t in sorted(once) if await self.store.get(self.layout.tag_current_link(repository, t)) == link]
 
     async def _delete_tag(self, repository: Repository, tag: Tag, event: ReplicationEvent) -> str:
-        mine = TagState(None, event.occurred_at, event.id)
+        mine = TagState(None, self._when(event), event.id)
         newer = await self._newer_push(repository, tag, mine)
         if newer is not None:
             return f"tag {tag} kept {_shown(newer)}: set by a newer event ({newer.event_id})"
@@ -191,6 +243,11 @@ class RegionReplicator:
             current = TagState.from_json(raw)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("replicate.tag_state_unreadable", key=key, error=str(exc))
+            return None
+        if current.occurred_at > utcnow() + self.max_clock_skew:
+            # No push happens in the future: a note dated there came from a poisoned clock or a forged event,
+            # and trusting it would freeze the tag for good.
+            log.warning("replicate.tag_state_from_the_future", key=key, occurred_at=current.occurred_at.isoformat())
             return None
         return current if current.supersedes(mine) else None
 

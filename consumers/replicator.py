@@ -45,6 +45,7 @@ from engine import topics
 from engine.errors import GeorepError, InvalidEvent, KafkaUnavailable
 from engine.events import DeadLetter, ReplicationEvent, ReplicationRecord, Status, utcnow
 from engine.logconfig import scrub
+from engine.recent import RecentIds
 from engine.replicas import ReplicaDefinition
 from engine.settings import RegionSettings, Settings
 
@@ -80,6 +81,8 @@ class ReplicatorService:
         self._spawn = spawn
         #: the reconciliation loop of this definition, if it runs (it reads `consumer` and `lanes`)
         self.reconciler: Reconciler | None = None
+        #: ids of events replicated here lately: with two webhooks, every event arrives twice
+        self._replicated = RecentIds(settings.replicator.dedupe_window)
 
     def problems(self) -> list[Problem]:
         return lane_problems(self.region, list(self.lanes.values()))
@@ -210,6 +213,11 @@ class ReplicatorService:
             return
         if event.region is not None and event.region != self.region:
             return  # a redrive or repair for another region: not ours, and no record of ours either
+        if event.id in self._replicated:
+            # A second delivery (two webhooks each publish every event): done already, and recorded.
+            metrics.EVENTS.labels(self.region, "duplicate").inc()
+            self.log.info("replicate.duplicate", event_id=event.id, partition=record.partition, offset=record.offset)
+            return
         bound = self.log.bind(
             event_id=event.id,
             repository=str(event.repository),
@@ -250,6 +258,8 @@ class ReplicatorService:
         finally:
             metrics.IN_FLIGHT.labels(self.region).dec()
         await self._record(event, outcome.status, attempts, started, outcome=outcome)
+        if outcome.status is Status.SUCCEEDED:
+            self._replicated.add([event.id])
         bound.info(
             "replicate.done",
             status=outcome.status.value,
@@ -446,13 +456,16 @@ class _Serve:
         self.budget = budget
         self.health = health
         self.running = running
+        # For the life of the process, like the copy buffers: manifests in memory, and fetches at once.
+        self.manifest_budget = ByteBudget(settings.replicator.manifest_buffer_bytes)
+        self.manifest_slots = asyncio.Semaphore(settings.replicator.manifest_fetches)
 
     async def follow(self, stop: asyncio.Event, tasks: Supervisor) -> None:
         try:
             if self.region in self.settings.regions:
                 await self.serve(self.settings.region(self.region), lambda: None, stop)
                 return
-            catalog = replica_view(self.settings.kafka, f"replicator-{self.region}")
+            catalog = replica_view(self.settings.kafka, f"replicator-{self.region}", self.settings.replicas.verifier())
             tasks.spawn("replica-catalog", catalog.run(stop))
             log.info("replicator.waiting_for_replica", region=self.region, topic=self.settings.kafka.replicas_topic)
             if not await catalog.wait_for(lambda replicas: self.region in replicas, stop):
@@ -461,7 +474,11 @@ class _Serve:
                 changed = asyncio.Event()
                 watcher = asyncio.create_task(_until_changed(catalog, self.region, definition, stop, changed))
                 try:
-                    await self.serve(region_settings(definition), lambda: catalog.values.get(self.region), changed)
+                    await self.serve(
+                        region_settings(definition, self.settings.replicator.credentials_dir),
+                        lambda: catalog.values.get(self.region),
+                        changed,
+                    )
                 finally:
                     watcher.cancel()
                 if not stop.is_set():
@@ -485,8 +502,10 @@ class _Serve:
         ):
             primary = RegistryClient(self.settings.primary, session)
             replicator = RegionReplicator(
-                region_settings.layout, store, primary, tuning, blob_slots, self.budget, replica
-            )
+                region_settings.layout, store, primary, tuning, blob_slots, self.budget, replica,
+                manifest_budget=self.manifest_budget, manifest_slots=self.manifest_slots,
+                max_clock_skew_s=self.settings.max_clock_skew_s,
+            )  # fmt: skip
             lanes: Spawn = lambda name, work: tasks.spawn(name, work, until_stopped=False)  # noqa: E731
             service = ReplicatorService(self.settings, self.region, replicator, lanes)
             self.running[:] = [service]

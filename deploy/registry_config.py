@@ -3,7 +3,10 @@
 The region runs a stock CNCF distribution registry on the replica's bucket:
 read-only (pushes answer 405), upload purging off (there are no uploads), and
 the primary's `auth` section copied as is, so the same users and tokens pull
-with the same credentials in every region.
+with the same credentials in every region. Without an `auth` section to copy
+there is no configuration: a region would serve every image to anyone, so
+that takes `anonymous=True`, said on purpose. Each region gets an `http.secret`
+of its own (never the primary's: a region's secret must not open the primary).
 
 The bucket keys are not written into the file: distribution reads them from
 `REGISTRY_STORAGE_S3_ACCESSKEY` and `REGISTRY_STORAGE_S3_SECRETKEY`, which a
@@ -15,6 +18,7 @@ deployment sets from the same secret `credentials_ref` names.
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,7 +49,15 @@ def registry_config(
     listen: str = "0.0.0.0:5000",
     primary: dict[str, Any] | None = None,
     http_secret: str | None = None,
+    anonymous: bool = False,
 ) -> dict[str, Any]:
+    auth = (primary or {}).get("auth")
+    if not auth and not anonymous:
+        where = "the primary's configuration has no auth section" if primary else "no --primary-config given"
+        raise ConfigError(
+            f"{where}: region {replica.region}'s registry would serve every image to anyone. Pass the primary's "
+            "configuration (its auth is copied), or --anonymous if the primary is open on purpose"
+        )
     endpoint = urlsplit(replica.endpoint)
     s3: dict[str, Any] = {
         "region": replica.s3_region,
@@ -59,10 +71,8 @@ def registry_config(
     }
     if replica.prefix:
         s3["rootdirectory"] = "/" + replica.prefix
-    http: dict[str, Any] = {"addr": listen}
-    secret = http_secret or ((primary or {}).get("http") or {}).get("secret")
-    if secret:
-        http["secret"] = secret
+    # Several instances of one region's registry must share the secret: generate the file once per region.
+    http: dict[str, Any] = {"addr": listen, "secret": http_secret or secrets.token_urlsafe(32)}
     config: dict[str, Any] = {
         "version": "0.1",
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
@@ -74,7 +84,6 @@ def registry_config(
             "redirect": {"disable": True},
         },
     }
-    auth = (primary or {}).get("auth")
     if auth:
         config["auth"] = auth
     return config

@@ -9,10 +9,12 @@
     ├── NotFoundUpstream             the primary no longer has the manifest or blob
     ├── DigestMismatch               bytes do not hash to their digest (retried a few times)
     ├── UpstreamRefused              the primary refused a request retrying cannot fix (400, 405, ...)
+    ├── OverCap                      an image wider or larger than the replicator's caps (dead-lettered)
     ├── UpstreamUnavailable          the primary is unreachable or answers 5xx (retried)
     ├── StorageUnavailable           the region's object store is unreachable or 5xx (retried)
     ├── KafkaUnavailable             Kafka did not answer or acknowledge in time (retried)
-    │   └── CatalogUnavailable       a compacted topic could not be read to its end in time
+    │   ├── CatalogUnavailable       a compacted topic could not be read to its end in time
+    │   └── NotLeader                no georep API process leads right now (an election is under way)
     ├── ApiUnavailable               the georep API could not be reached (retried)
     ├── ApiRefused                   the georep API refused a request (its status and reason)
     └── Unhealthy                    a process can no longer do its work: it exits non-zero
@@ -88,6 +90,12 @@ class UpstreamRefused(GeorepError):
     reason = "upstream-refused"
 
 
+class OverCap(GeorepError):
+    """An image needs more than the configured caps allow (an index too wide, manifests too large)."""
+
+    reason = "over-cap"
+
+
 class KafkaUnavailable(GeorepError):
     """Kafka did not take or give messages in time; a webhook answers 503, a service retries."""
 
@@ -98,6 +106,12 @@ class KafkaUnavailable(GeorepError):
 
 class CatalogUnavailable(KafkaUnavailable):
     """A compacted topic (replicas, checkpoints) could not be read to its end in time."""
+
+
+class NotLeader(KafkaUnavailable):
+    """This georep API process does not lead (yet), and no leader answered a forwarded change in time."""
+
+    reason = "no-leader"
 
 
 class ApiUnavailable(GeorepError):

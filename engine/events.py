@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Final, Self
 
 import orjson
 from pydantic import (
@@ -94,10 +94,14 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+EVENT_ID: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]*$"
+
+
 class ReplicationEvent(Message):
     """One manifest pushed to or deleted from the primary."""
 
-    id: str = Field(min_length=1, max_length=256)
+    #: plain characters only: ids are printed by the CLI and named in logs and records
+    id: str = Field(pattern=EVENT_ID, max_length=256)
     source: Source
     action: Action
     repository: RepositoryField

@@ -19,7 +19,16 @@ from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Annotated, Final, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine.errors import InvalidInput
 from engine.events import Message, describe, utcnow
@@ -27,7 +36,7 @@ from engine.layout import Layout
 from engine.names import Repository, Tag, parse_region
 
 _REFERRER_TAG: Final = re.compile(r"sha256-[0-9a-f]{64}(?:\.(?:sig|att|sbom))?", re.ASCII)
-_CREDENTIALS_REF: Final = re.compile(r"(?:env:[A-Z_][A-Z0-9_]*|file:/.+)", re.ASCII)
+_CREDENTIALS_REF: Final = re.compile(r"(?:env:[A-Z_][A-Z0-9_]*|file:/.+|aws:default)", re.ASCII)
 
 
 def is_referrer_tag(tag: Tag | str) -> bool:
@@ -114,7 +123,9 @@ class ReplicaDefinition(Message):
         if _CREDENTIALS_REF.fullmatch(value) is None:
             raise InvalidInput(
                 "credentials_ref must reference the keys, not hold them: 'env:PREFIX' (reads PREFIX_ACCESS_KEY "
-                "and PREFIX_SECRET_KEY) or 'file:/path' (a JSON file or a directory with access_key and secret_key)"
+                "and PREFIX_SECRET_KEY), 'file:/path' (a JSON file or a directory with access_key and secret_key, "
+                "under replicator.credentials_dir) or 'aws:default' (the AWS SDK's default chain: IRSA, instance "
+                "profile, ...)"
             )
         return value
 
@@ -203,3 +214,17 @@ class Rules(BaseModel):
         except KeyError:
             known = ", ".join(sorted(existing)) or "none"
             raise ReplicaRefused("unknown", f"no replica in {region} (replicas: {known})", status=404) from None
+
+
+class SignedReplica(Message):
+    """What the georep API signs for georep.replicas: a region's definition, or its deletion (None), at a time."""
+
+    region: Annotated[str, PlainValidator(lambda v: parse_region(str(v)))]
+    signed_at: AwareDatetime
+    definition: ReplicaDefinition | None = None
+
+    @model_validator(mode="after")
+    def _same_region(self) -> Self:
+        if self.definition is not None and self.definition.region != self.region:
+            raise ValueError(f"definition of {self.definition.region} signed for {self.region}")
+        return self

@@ -67,6 +67,8 @@ class KafkaSettings(_Part):
     backfill_topic: str = topics.BACKFILL
     #: compacted: each region's last reconciliation pass, per partition
     reconcile_topic: str = topics.RECONCILE
+    #: compacted, one partition: the API processes' group holds it to elect a leader, who writes its URL there
+    leader_topic: str = topics.LEADER
     #: partitions bound how many repositories one region replicates at once
     events_partitions: int = Field(8, ge=1)
     log_partitions: int = Field(4, ge=1)
@@ -109,6 +111,8 @@ class RegionSettings(_Part):
     access_key: str | None = Field(None, min_length=1)
     secret_key: SecretStr | None = None
     s3_region: str = "us-east-1"
+    #: no keys here: the AWS SDK's default chain finds them (IRSA / web identity, instance profile, ...)
+    default_chain: bool = False
     #: the region's read-only registry (`host:port`), for people and checks; georep never writes to it
     registry: str | None = None
 
@@ -139,6 +143,10 @@ class WebhookSettings(_Part):
     publish_timeout_s: float = Field(10.0, gt=0)
     #: event ids remembered after Kafka took them, so that a redelivery is not published twice
     dedupe_window: int = Field(100_000, ge=0)
+    #: a connection that has not sent a whole request by then, or sits idle that long, is closed
+    header_timeout_s: float = Field(10.0, gt=0)
+    #: connections one webhook process keeps open at once; more are closed at once
+    max_connections: int = Field(256, ge=1)
 
 
 class ReplicatorSettings(_Part):
@@ -159,9 +167,22 @@ class ReplicatorSettings(_Part):
     drain_grace_s: float = Field(30.0, ge=0)
     #: multipart uploads older than this are abandoned (their copier died) and get aborted
     stale_upload_s: float = Field(3600.0, gt=0)
+    #: an index may have at most this many manifests under it (at any depth); one with more is dead-lettered
+    max_index_children: int = Field(256, ge=1)
+    #: the manifests one event needs (the pushed one and all under it) may total at most this many bytes
+    max_manifest_bytes: int = Field(16 * MiB, ge=MiB)
+    #: manifest bytes one process holds at once across its events (bounds memory whatever pushers do)
+    manifest_buffer_bytes: int = Field(32 * MiB, ge=MiB)
+    #: manifests one process fetches from the primary at once
+    manifest_fetches: int = Field(8, ge=1)
     #: copies waiting for buffer room while none has been given back for this long is a health problem
     #: (a leak, or a copy hung for good): /healthz answers 503 and names the held bytes
     budget_stall_s: float = Field(300.0, gt=0)
+    #: ids of events replicated lately that a second delivery is recognised by (two webhooks publish each
+    #: event twice); a duplicate older than this is replicated again, which is harmless
+    dedupe_window: int = Field(10000, ge=0)
+    #: where `file:` credential references may point (a mounted Secret); none set means file: is refused
+    credentials_dir: Path | None = None
     host: str = "127.0.0.1"
     #: health and metrics port (0: pick a free one)
     port: int = Field(8610, ge=0, le=65535)
@@ -174,7 +195,30 @@ class ReplicatorSettings(_Part):
                 f"buffer_bytes ({self.buffer_bytes}) must hold the largest buffer a copy needs: "
                 f"max(part_size, multipart_threshold) = {largest}"
             )
+        if self.manifest_buffer_bytes < self.max_manifest_bytes:
+            raise ValueError(
+                f"manifest_buffer_bytes ({self.manifest_buffer_bytes}) must hold the manifests of one event: "
+                f"max_manifest_bytes = {self.max_manifest_bytes}"
+            )
         return self
+
+
+class ReplicasSettings(_Part):
+    """Replica definitions are signed by the georep API (Ed25519); every process verifies before it follows one."""
+
+    #: the public key (base64 of 32 bytes): every process that follows georep.replicas needs it, and ignores
+    #: any definition it does not verify, even one a Kafka superuser wrote
+    verify_key: str | None = None
+    #: the private key (base64 of its 32-byte seed): the georep API only, which writes the definitions
+    signing_key: SecretStr | None = None
+
+    def verifier(self) -> str:
+        if not self.verify_key:
+            raise ConfigError(
+                "replicas.verify_key is required to follow replica definitions (they are signed by the georep API): "
+                "set it to the API's public key (GEOREP_REPLICAS__VERIFY_KEY)"
+            )
+        return self.verify_key
 
 
 class ReconcileSettings(_Part):
@@ -208,6 +252,12 @@ class LogStoreSettings(_Part):
     url: str = "http://127.0.0.1:8620"
     #: the bearer token replica changes (POST, DELETE) need; unset, the API refuses them
     api_token: SecretStr | None = None
+    #: where the other API processes reach this one (`http://host:port`), when several run: a change sent
+    #: to one that does not lead is forwarded to the leader's. Unset: this process's own `url`.
+    advertise_url: str | None = None
+    #: how long a change sent to a process that does not lead waits for a leader to take it (an election
+    #: after a leader died takes Kafka's session timeout, 6 s, plus a rebalance)
+    forward_wait_s: float = Field(30.0, gt=0)
 
     _check_url = field_validator("url")(_http_url)
 
@@ -216,6 +266,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GEOREP_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: how far ahead of this process's clock an event's time may be: a later one is taken as that far ahead,
+    #: and a tag note dated later than that is not trusted (a poisoned clock must not freeze a tag for good)
+    max_clock_skew_s: float = Field(5.0, ge=0)
     log_format: Literal["json", "console"] = "json"
     kafka: KafkaSettings = KafkaSettings()
     primary: PrimarySettings = PrimarySettings()
@@ -223,6 +276,7 @@ class Settings(BaseSettings):
     replicator: ReplicatorSettings = ReplicatorSettings()
     logstore: LogStoreSettings = LogStoreSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
+    replicas: ReplicasSettings = ReplicasSettings()
     #: what a new replica must satisfy (primary region, jurisdictions, regions not offered)
     rules: Rules = Rules()
     #: regions pinned in the config file; others are defined in the replicas topic (`georep replicas create`)
@@ -258,7 +312,7 @@ class Settings(BaseSettings):
             known = ", ".join(sorted(self.regions)) or "none"
             raise ConfigError(f"region {name!r} is not configured (configured: {known})") from None
         for field in ("access_key", "secret_key"):
-            if getattr(region, field) is None:
+            if getattr(region, field) is None and not region.default_chain:
                 env = f"GEOREP_REGIONS__{name}__{field.upper()}"
                 raise ConfigError(f"regions.{name}.{field} is required (set it in the config file or as {env})")
         return region

@@ -7,11 +7,12 @@
     georep.replicas           <region>               signed definition  compacted
     georep.backfill           <region>               Checkpoint         compacted
     georep.reconcile          <region>/<partition>   ReconcilePass      compacted
+    georep.api-leader         "api"                  ApiLeader          compacted
 
     group                          who
     georep.replicator.<region>     a region's replicators: they share the events topic's partitions
     georep.redrive.<region>        which of a region's dead letters were put back
-    georep.api                     the API processes: the one assigned the replicas topic leads
+    georep.api                     the API processes: the one assigned georep.api-leader's partition leads
 
 Nothing else spells these names (a test checks): the topics are settings
 (`kafka.*_topic`) whose defaults are these, and groups come from the functions.
@@ -27,6 +28,7 @@ DEAD_LETTER: Final = "georep.dead-letter"
 REPLICAS: Final = "georep.replicas"
 BACKFILL: Final = "georep.backfill"
 RECONCILE: Final = "georep.reconcile"
+LEADER: Final = "georep.api-leader"
 
 #: every group georep uses starts with this (ACLs grant by this prefix)
 GROUP_PREFIX: Final = "georep."

@@ -98,7 +98,8 @@ async def _redrive(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.redrive import redrive, summary
 
     parse_region(args.region)
-    result = await redrive(settings, args.region, dry_run=args.dry_run)
+    # Event ids and errors in dead letters came from outside: nothing in them may drive the terminal.
+    result = await redrive(settings, args.region, dry_run=args.dry_run, say=lambda line: print(clean(line)))
     print(summary(result, args.region, args.dry_run))
     return 0
 
@@ -113,9 +114,9 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
         try:
             await publish_events(settings, repairs, f"verify-{args.region}")
         except KafkaUnavailable:
-            print(render_json(report, []) if args.json else render_text(report, []))
+            print(render_json(report, []) if args.json else clean(render_text(report, [])))
             raise
-    print(render_json(report, repairs) if args.json else render_text(report, repairs))
+    print(render_json(report, repairs) if args.json else clean(render_text(report, repairs)))
     # tag-extra alone is no failure: a replica with deletes off keeps tags the primary deleted.
     return 1 if report.damaged and not repairs else 0
 
@@ -125,7 +126,7 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
     parse_region(args.region)
     report = await reconcile_now(settings, args.region, args.repository, dry_run=args.dry_run)
-    print(orjson.dumps(report.to_dict()).decode() if args.json else render_report(report))
+    print(orjson.dumps(report.to_dict()).decode() if args.json else clean(render_report(report)))
     return 0
 
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"georep {name}: {exc}", file=sys.stderr)
+        print(f"georep {name}: {clean(str(exc))}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     register_secrets(settings_secrets(settings))
     if args.command in SERVICES and not getattr(args, "check", False):

@@ -21,9 +21,11 @@ from rich.console import Console
 from rich.filesize import decimal
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from engine.errors import ApiRefused, ApiUnavailable
 from engine.settings import Settings
+from engine.text import clean, shown
 
 POLL_S: Final = 0.5
 _STATE_STYLE: Final = {"replicated": "green", "in-progress": "yellow", "failed": "bold red"}
@@ -112,7 +114,7 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
     _replica_table([doc["replica"]])
     backfill = doc.get("backfill")
     if backfill:
-        print(_backfill_line(backfill))
+        print(clean(_backfill_line(backfill)))
     return 0
 
 
@@ -129,7 +131,9 @@ async def _registry_config(settings: Settings, args: argparse.Namespace) -> int:
     doc = await _call(settings, "GET", f"/replicas/{args.region}")
     replica = ReplicaDefinition.model_validate(doc["replica"])
     primary = load_primary_config(Path(args.primary_config)) if args.primary_config else None
-    config = render(registry_config(replica, listen=args.listen, primary=primary), as_json=args.json)
+    config = render(
+        registry_config(replica, listen=args.listen, primary=primary, anonymous=args.anonymous), as_json=args.json
+    )
     if args.output:
         await asyncio.to_thread(Path(args.output).write_text, config)
     else:
@@ -153,8 +157,8 @@ def _replica_table(replicas: list[dict[str, Any]]) -> None:
         filters = [f"+{p}" for p in r["include"]] + [f"-{p}" for p in r["exclude"]]
         bucket = r["bucket"] + (f"/{r['prefix']}" if r["prefix"] else "")
         table.add_row(
-            r["region"], r["endpoint"], bucket, r.get("registry") or "-", "on" if r["deletes"] else "off",
-            " ".join(filters) or "-", r["created_at"][:19],
+            r["region"], shown(r["endpoint"]), shown(bucket), shown(r.get("registry") or "-"),
+            "on" if r["deletes"] else "off", shown(" ".join(filters) or "-"), r["created_at"][:19],
         )  # fmt: skip
     Console(width=160).print(table)
 
@@ -199,7 +203,7 @@ async def watch_backfill(settings: Settings, region: str, *, json_lines: bool = 
                 break
             await asyncio.sleep(POLL_S)
     if not json_lines:
-        print(_backfill_line(b))
+        print(clean(_backfill_line(b)))
     return 0 if b["state"] == "done" and not b["dead_lettered"] else 1
 
 
@@ -210,7 +214,7 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> int:
     from adapters.registry import RegistryClient
     from producers.backfill import Backfill, Checkpoint, checkpoint_view, current_checkpoint
 
-    async with following(replica_view(settings.kafka, "backfill-cli")) as catalog:
+    async with following(replica_view(settings.kafka, "backfill-cli", settings.replicas.verifier())) as catalog:
         replica = catalog.values.get(args.region)
     if replica is None:
         raise ApiRefused(f"no replica in {args.region}: create it first (georep replicas create)", 404)
@@ -250,7 +254,7 @@ def _planned(planned: list[Any], as_json: bool) -> None:
         return
     table = Table("repository", "tag", "digest", "new bytes", title="backfill --dry-run: would replicate")
     for p in sorted(planned, key=lambda p: (p.repository, p.tag)):
-        table.add_row(p.repository, p.tag, p.digest[:19], decimal(p.bytes))
+        table.add_row(shown(p.repository), shown(p.tag), p.digest[:19], decimal(p.bytes))
     Console(width=140).print(table)
     print(f"{len(planned)} tags, {decimal(sum(p.bytes for p in planned))}; nothing was published")
 
@@ -288,7 +292,8 @@ def _status_table(doc: dict[str, Any]) -> None:
         table.add_row(
             r["region"], "?" if r["lag_events"] is None else str(r["lag_events"]), _seconds(r["oldest_pending_s"]),
             str(r["events_replicated"]), decimal(r["bytes_replicated"]), str(r["retrying"]), str(r["dead_lettered"]),
-            _seconds(r["latency_p50_s"]), _seconds(r["latency_p99_s"]), backfill, _reconciled(r.get("reconcile")),
+            _seconds(r["latency_p50_s"]), _seconds(r["latency_p99_s"]), shown(backfill),
+            shown(_reconciled(r.get("reconcile"))),
         )  # fmt: skip
     Console(width=160).print(table)
 
@@ -310,11 +315,11 @@ def _ago(seconds: float) -> str:
 
 def _image_table(doc: dict[str, Any]) -> None:
     digest = doc["digest"][:19] if doc["digest"] else "not on the primary"
-    table = Table("region", "state", "detail", title=f"{doc['image']}  {digest}")
+    table = Table("region", "state", "detail", title=shown(f"{doc['image']}  {digest}"))
     for r in doc["regions"]:
         state = r["state"]
         detail = r.get("detail") or (f"after {r['lag_s']}s, at {r['finished_at'][:19]}" if "lag_s" in r else "")
-        table.add_row(r["region"], f"[{_STATE_STYLE.get(state, 'dim')}]{state}[/]", detail)
+        table.add_row(r["region"], Text(state, style=_STATE_STYLE.get(state, "dim")), shown(detail))
     Console(width=160).print(table)
 
 
@@ -342,6 +347,9 @@ def add_arguments(sub: Any) -> None:
     config.add_argument("region")
     config.add_argument("--primary-config", help="the primary registry's config: its auth section is copied")
     config.add_argument("--listen", default="0.0.0.0:5000", help="address the registry listens on")
+    config.add_argument(
+        "--anonymous", action="store_true", help="no auth section: the region serves every image to anyone"
+    )
     config.add_argument("--output", "-o", help="write to this file instead of stdout")
     for action in actions.choices.values():
         action.add_argument("--json", action="store_true", help="JSON output, for machines")

@@ -27,13 +27,13 @@ from pydantic import ValidationError
 
 from engine.digest import Digest
 from engine.errors import InvalidEvent, InvalidInput
-from engine.events import ReplicationEvent, describe
+from engine.events import EVENT_ID, ReplicationEvent, describe
 from engine.names import Repository, Tag
 
 V = TypeVar("V")
 
 #: event ids georep keeps as given; any other id is replaced by a hash of it (ids reach logs and terminals)
-SAFE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}", re.ASCII)
+SAFE_ID: Final = re.compile(EVENT_ID, re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,7 @@ def _valid(parse: Callable[[str], V], value: str | None, where: str) -> V | None
 def safe_id(value: str | None, *material: object) -> str:
     """The source's event id if it is plain; otherwise (or if there is none) one derived from the event itself,
     so that a redelivery of the same event still gets the same id."""
-    if value is not None and SAFE_ID.fullmatch(value):
+    if value is not None and len(value) <= 200 and SAFE_ID.fullmatch(value):
         return value
     seed = "\x00".join(str(m) for m in (value, *material))
     return "derived-" + hashlib.sha256(seed.encode()).hexdigest()[:32]

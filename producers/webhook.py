@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Final
 
 import structlog
@@ -29,7 +28,8 @@ from adapters.health import KAFKA_PROBE_TIMEOUT_S, Health, KafkaMonitor, Supervi
 from adapters.kafka import Publisher, connection_options
 from adapters.runtime import metrics_handler, start_http
 from engine.errors import InvalidInput, KafkaUnavailable
-from engine.events import utcnow
+from engine.events import ReplicationEvent, utcnow
+from engine.recent import RecentIds
 from engine.settings import KafkaSettings, Settings, WebhookSettings
 from producers import distribution, harbor
 from producers.notifications import Parsed
@@ -52,17 +52,24 @@ def _error(status: int, error: str, reason: str) -> web.Response:
 
 class WebhookApp:
     def __init__(
-        self, webhook: WebhookSettings, kafka: KafkaSettings, publisher: Publisher, health: Health | None = None
+        self,
+        webhook: WebhookSettings,
+        kafka: KafkaSettings,
+        publisher: Publisher,
+        health: Health | None = None,
+        *,
+        max_clock_skew_s: float = 5.0,
     ) -> None:
         if webhook.token is None or not webhook.token.get_secret_value():
             raise InvalidInput("webhook.token is required: the webhook refuses unauthenticated callers")
         self._token = webhook.token.get_secret_value().encode()
         self._settings = webhook
+        self._max_skew = timedelta(seconds=max_clock_skew_s)
         self._topic = kafka.events_topic
         self.publisher = publisher
         # Ids of events Kafka already took: a registry redelivers an event whose answer it
         # did not get (a timeout, a restart), and that must not become a second replication.
-        self._published: OrderedDict[str, None] = OrderedDict()
+        self._published = RecentIds(webhook.dedupe_window)
         self.health = health or Health("webhook")
         #: probes the brokers on a schedule (run by `serve_webhook`); /readyz and /healthz say what it found
         self.monitor = KafkaMonitor(
@@ -126,6 +133,7 @@ class WebhookApp:
             bound.warning("webhook.refused", status=status, reason=exc.message)
             return _error(status, exc.reason, exc.message)
 
+        parsed.events = [self._clamped(event, bound) for event in parsed.events]
         duplicates = [event.id for event in parsed.events if event.id in self._published]
         parsed.events = [event for event in parsed.events if event.id not in self._published]
         for event_id in duplicates:
@@ -145,7 +153,7 @@ class WebhookApp:
                 bound.warning("webhook.kafka_unavailable", status=503, reason=str(exc), events=len(messages))
                 return _error(503, "kafka-unavailable", str(exc))
             EVENTS.labels(source, "published").inc(len(parsed.events))
-            self._remember(event.id for event in parsed.events)
+            self._published.add(event.id for event in parsed.events)
             for event in parsed.events:
                 bound.info(
                     "webhook.event_published",
@@ -163,19 +171,27 @@ class WebhookApp:
             }
         )
 
-    def _remember(self, ids: Iterable[str]) -> None:
-        window = self._settings.dedupe_window
-        for event_id in ids:
-            self._published[event_id] = None
-            self._published.move_to_end(event_id)
-        while len(self._published) > window:
-            self._published.popitem(last=False)
+    def _clamped(self, event: ReplicationEvent, bound: structlog.typing.FilteringBoundLogger) -> ReplicationEvent:
+        """An event dated later than its receipt (plus the allowed skew) is taken as of then: a future date would
+        otherwise win its tag against every later real push."""
+        latest = event.received_at + self._max_skew
+        if event.occurred_at <= latest:
+            return event
+        bound.warning(
+            "webhook.future_event", event_id=event.id, occurred_at=event.occurred_at.isoformat(),
+            taken_as=latest.isoformat(),
+        )  # fmt: skip
+        return event.model_copy(update={"occurred_at": latest})
 
 
 async def serve_webhook(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the webhook until `stop`; the brokers are probed on a schedule, and /readyz says what it found."""
-    webhook = WebhookApp(settings.webhook, settings.kafka, Publisher(settings.kafka, "webhook"))
-    runner = await start_http(webhook.app(), settings.webhook.host, settings.webhook.port)
+    publisher = Publisher(settings.kafka, "webhook")
+    webhook = WebhookApp(settings.webhook, settings.kafka, publisher, max_clock_skew_s=settings.max_clock_skew_s)
+    runner = await start_http(
+        webhook.app(), settings.webhook.host, settings.webhook.port,
+        header_timeout_s=settings.webhook.header_timeout_s, max_connections=settings.webhook.max_connections,
+    )  # fmt: skip
     try:
         async with Supervisor(webhook.health, stop).running() as tasks:
             tasks.spawn("kafka-probe", webhook.monitor.run(stop))

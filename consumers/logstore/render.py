@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.events import ReplicationRecord, Status
+from engine.text import shown
 
 _STATUS_STYLE: Final = {
     Status.SUCCEEDED: "green",
@@ -65,13 +66,13 @@ def _cells(record: ReplicationRecord) -> list[str | Text]:
     return [
         record.finished_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
         record.region,
-        str(record.repository),
-        "" if record.tag is None else str(record.tag),
+        shown(record.repository),
+        "" if record.tag is None else shown(record.tag),
         "" if record.digest is None else record.digest.short,
         Text(record.status.value, style=_STATUS_STYLE[record.status]),
         f"{record.blobs_copied}/{record.blobs_total}",
         decimal(record.bytes_copied),
         "" if record.lag_ms is None else str(record.lag_ms),
         str(record.attempt),
-        record.error or "",
+        shown(record.error or ""),
     ]

@@ -73,7 +73,13 @@ class Image:
         return (self.config, *self.layers)
 
 
-def image(layers: list[Blob], os_: str = "linux", arch: str = "amd64", label: str = "") -> Image:
+def image(
+    layers: list[Blob],
+    os_: str = "linux",
+    arch: str = "amd64",
+    label: str = "",
+    annotations: dict[str, str] | None = None,
+) -> Image:
     config = Blob(
         OCI_CONFIG,
         _json(
@@ -93,6 +99,7 @@ def image(layers: list[Blob], os_: str = "linux", arch: str = "amd64", label: st
                 "mediaType": OCI_MANIFEST,
                 "config": config.descriptor(),
                 "layers": [blob.descriptor() for blob in layers],
+                **({"annotations": annotations} if annotations else {}),
             }
         ),
     )

@@ -1,40 +1,50 @@
-"""Where each part of a local stack listens, derived from one base port.
+"""Where each part of a local stack listens: every port inside [base, base + 200), so stacks whose bases are
+200 or more apart never collide.
 
-Two stacks run side by side when their bases are at least 200 apart (each
-SeaweedFS also opens gRPC ports at +10000, so keep bases below 55000).
+    base + 0, 1           Kafka node 0: clients (SASL_SSL), controller (mutual TLS)
+    base + 2, 3 / 4, 5    Kafka nodes 1 and 2, when the stack runs three (KAFKA_BROKERS=3)
+    base + 10             the primary registry
+    base + 20, 21         georep's webhook, the georep API
+    base + 22, 23, 24     more georep API processes, when the stack runs them (API_PROCESSES=2)
+    base + 25, 26         more webhook processes, when the stack runs them
+    base + 30 + i         region i's replicator (health, metrics)
+    base + 50 + i         region i's read-only registry
+    base + 100 + 20 i     region i's SeaweedFS: S3 (+0), master (+1), filer (+2), volume (+3), admin (+4),
+                          and their gRPC ports (+10 .. +14)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-GRPC_OFFSET = 10_000
 REGION_STRIDE = 20
+#: SeaweedFS's gRPC ports, from each server's own port; inside the region's block (weed's default is +10000,
+#: which lands on the ports of a stack 10,000 above)
+GRPC_OFFSET = 10
+SPAN = 200
 
 
 @dataclass(frozen=True, slots=True)
 class Ports:
     base: int
 
-    @property
-    def kafka(self) -> int:
-        return self.base
+    def kafka_node(self, index: int) -> tuple[int, int]:
+        """(client port, controller port) of Kafka node `index`."""
+        return self.base + 2 * index, self.base + 2 * index + 1
 
     @property
-    def kafka_controller(self) -> int:
-        return self.base + 1
+    def kafka(self) -> int:
+        return self.kafka_node(0)[0]
 
     @property
     def primary(self) -> int:
         return self.base + 10
 
-    @property
-    def webhook(self) -> int:
-        return self.base + 20
+    def webhook(self, index: int = 0) -> int:
+        return self.base + 20 if index == 0 else self.base + 24 + index
 
-    @property
-    def logstore(self) -> int:
-        return self.base + 21
+    def logstore(self, index: int = 0) -> int:
+        return self.base + 21 + index
 
     def replicator(self, index: int) -> int:
         return self.base + 30 + index

@@ -35,12 +35,16 @@ from typing import Any
 
 import aiohttp
 
+from adapters.kafka import ensure_topics, new_admin, running
 from deploy.local import configs
 from deploy.local.configs import RegionSpec, StackSpec
+from deploy.local.kafka_security import add_principal
+from deploy.local.pki import NODE_PRINCIPAL, make_pki
 from deploy.local.ports import Ports
 from deploy.registry_config import ACCESS_KEY_ENV, SECRET_KEY_ENV
 from engine.replicas import ReplicaDefinition
 from engine.settings import KafkaSettings
+from engine.signing import new_signing_key
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_LIBS = REPO / ".cache" / "kafka" / "libs"
@@ -80,6 +84,12 @@ class Running:
     def line(self) -> str:
         """The stack's registry line: "2.8.2" or "3"."""
         return "3" if self.registry == REGISTRIES["3"] else "2.8.2"
+
+    @property
+    def signing_key(self) -> str:
+        """The key the stack's API signs replica definitions with (tests that rewrite one in place need it)."""
+        api = next(c for name, c in self.info["commands"].items() if name.startswith("logstore"))
+        return str(api["env"]["GEOREP_REPLICAS__SIGNING_KEY"])
 
     def kafka(self, **overrides: Any) -> KafkaSettings:
         """Settings for a Kafka client of the stack's administrator (scripts and tests use these)."""
@@ -223,14 +233,12 @@ async def _http_ok(url: str, status: int = 200) -> bool:
         return response.status == status
 
 
-async def _kafka_ready(kafka: KafkaSettings) -> bool:
-    from adapters.kafka import ensure_topics
-
-    try:
-        await ensure_topics(kafka.model_copy(update={"request_timeout_ms": 5000}))
-    except Exception:
-        return False
-    return True
+async def _kafka_ready(kafka: KafkaSettings, node: str, brokers: int) -> bool:
+    """Kafka node `node` (host:port) answers its administrator, and sees every broker of the cluster."""
+    settings = kafka.model_copy(update={"bootstrap_servers": node, "request_timeout_ms": 5000})
+    async with running(new_admin(settings, "admin")) as admin:
+        cluster = await admin.describe_cluster()
+    return len(cluster["brokers"]) >= brokers
 
 
 async def _bucket_ready(endpoint: str, bucket: str, access_key: str, secret_key: str) -> bool:
@@ -263,15 +271,23 @@ def _bucket_access(spec: StackSpec, region: RegionSpec) -> tuple[str, str, str, 
     return spec.url(spec.ports.seaweed(region.index)["s3"]), region.bucket, region.access_key, region.secret_key
 
 
+def _node(info: dict[str, Any], name: str) -> str:
+    """The address of Kafka process `name` (`kafka`, or `kafka-<i>`)."""
+    nodes: list[str] = info["kafka"].split(",")
+    return nodes[0] if name == "kafka" else nodes[int(name.removeprefix("kafka-"))]
+
+
 def _probe(info: dict[str, Any], name: str) -> Callable[[], Awaitable[bool]]:
     """How to ask component `name` of a running stack whether it is ready."""
     kind, _, region_name = name.partition("-")
     region = info["regions"].get(region_name, {})
+    index = int(region_name) if region_name.isdigit() else 0  # webhook-1, logstore-1
+    webhooks = info.get("webhooks") or [info["webhook"]]
     probes: dict[str, Callable[[], Awaitable[bool]]] = {
-        "kafka": lambda: _kafka_ready(kafka_settings(info)),
+        "kafka": lambda: _kafka_ready(kafka_settings(info), _node(info, name), len(info["kafka"].split(","))),
         "primary": lambda: _http_ok(f"http://{info['primary']}/v2/"),
-        "webhook": lambda: _http_ok(info["webhook"].rsplit("/webhooks/", 1)[0] + "/readyz"),
-        "logstore": lambda: _http_ok(info["logs"] + "/readyz"),
+        "webhook": lambda: _http_ok(webhooks[index].rsplit("/webhooks/", 1)[0] + "/readyz"),
+        "logstore": lambda: _http_ok((info.get("apis") or [info["logs"]])[index] + "/readyz"),
         "s3": lambda: _bucket_ready(region["s3"], region["bucket"], region["access_key"], region["secret_key"]),
         "registry": lambda: _http_ok(f"http://{region.get('registry')}/v2/_catalog?n=1"),
         "replicator": lambda: _http_ok(f"{region.get('replicator')}/readyz"),
@@ -288,7 +304,10 @@ async def wait_up(root: Path, name: str, timeout_s: float = 90) -> None:
 # -- the stack ----------------------------------------------------------------
 
 
-def make_spec(root: Path, port_base: int, regions: list[str], registry_line: str = "2") -> StackSpec:
+def make_spec(
+    root: Path, port_base: int, regions: list[str], registry_line: str = "2", kafka_brokers: int = 1,
+    api_processes: int = 1, webhook_processes: int = 1,
+) -> StackSpec:  # fmt: skip
     specs = tuple(
         RegionSpec(
             name=name,
@@ -301,6 +320,7 @@ def make_spec(root: Path, port_base: int, regions: list[str], registry_line: str
         )
         for i, name in enumerate(regions)
     )
+    principals = ["admin", NODE_PRINCIPAL, "webhook", "api", *(f"replicator-{name}" for name in regions)]
     return StackSpec(
         root=root.resolve(),
         ports=Ports(port_base),
@@ -308,7 +328,13 @@ def make_spec(root: Path, port_base: int, regions: list[str], registry_line: str
         webhook_token=secrets.token_urlsafe(24),
         http_secret=secrets.token_urlsafe(24),
         api_token=secrets.token_urlsafe(24),
+        # URL-safe: Kafka's --add-scram cannot carry a ',' even quoted.
+        kafka_passwords={role: secrets.token_urlsafe(24) for role in principals},
+        signing_key=new_signing_key(),
         registry_line=registry_line,
+        kafka_brokers=kafka_brokers,
+        api_processes=api_processes,
+        webhook_processes=webhook_processes,
     )
 
 
@@ -318,21 +344,56 @@ def _kafka_cluster_id() -> str:
 
 
 def _java(spec: StackSpec, main: str, *args: str) -> list[str]:
-    log4j = spec.root / "kafka" / "log4j2.properties"
+    log4j = spec.root / "pki" / "log4j2.properties"
     return ["java", "-Xms256m", "-Xmx1g", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{KAFKA_LIBS}/*", main, *args]
+
+
+def _kafka_probe(spec: StackSpec, index: int) -> Callable[[], Awaitable[bool]]:
+    return lambda: _kafka_ready(spec.kafka_admin(), _address(spec, index), spec.kafka_brokers)
+
+
+def _address(spec: StackSpec, index: int) -> str:
+    return f"{spec.host}:{spec.ports.kafka_node(index)[0]}"
+
+
+def kafka_names(spec: StackSpec) -> list[str]:
+    """The stack's Kafka processes: `kafka` alone, or `kafka-0`, `kafka-1`, `kafka-2`."""
+    return ["kafka"] if spec.kafka_brokers == 1 else [f"kafka-{i}" for i in range(spec.kafka_brokers)]
+
+
+def format_kafka(spec: StackSpec, index: int, cluster_id: str) -> None:
+    """Format node `index`'s storage; the administrator and the nodes' own SCRAM users are born with it."""
+    properties = configs.kafka_properties(spec, index)
+    users = [
+        arg
+        for role in ("admin", NODE_PRINCIPAL)
+        for arg in ("--add-scram", f"SCRAM-SHA-512=[name={role},password={spec.kafka_passwords[role]}]")
+    ]
+    fmt = _java(spec, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(properties), *users)
+    result = subprocess.run(fmt, capture_output=True, text=True, check=False, env=_clean_env())
+    if result.returncode != 0:
+        raise StackError(f"formatting Kafka node {index} failed:\n{result.stdout}\n{result.stderr}")
 
 
 def _start_kafka(launcher: Launcher) -> None:
     spec = launcher.spec
     if not any(KAFKA_LIBS.glob("kafka_2.13-*.jar")):
         raise StackError(f"Kafka jars missing in {KAFKA_LIBS}: run `make kafka` (mvn fetches them)")
-    properties = configs.kafka_properties(spec)
+    make_pki(spec.root / "pki")
     configs.kafka_log4j(spec)
-    fmt = _java(spec, "kafka.tools.StorageTool", "format", f"--cluster-id={_kafka_cluster_id()}", "-c", str(properties))
-    result = subprocess.run(fmt, capture_output=True, text=True, check=False, env=_clean_env())
-    if result.returncode != 0:
-        raise StackError(f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}")
-    launcher.start("kafka", _java(spec, "kafka.Kafka", str(properties)))
+    cluster_id = _kafka_cluster_id()
+    for index, name in enumerate(kafka_names(spec)):
+        format_kafka(spec, index, cluster_id)
+        launcher.start(name, _java(spec, "kafka.Kafka", str(spec.root / f"kafka-{index}" / "server.properties")))
+
+
+async def _secure_kafka(spec: StackSpec) -> None:
+    """Topics, then one principal per georep role with exactly its ACLs (the admin, a super user, does it)."""
+    admin_settings = spec.kafka_admin()
+    await ensure_topics(admin_settings, always=True)
+    async with running(new_admin(admin_settings, "admin")) as admin:
+        for role in ("webhook", "api", *(f"replicator-{r.name}" for r in spec.regions)):
+            await add_principal(admin, admin_settings, role, spec.kafka_passwords[role])
 
 
 def _start_seaweed(launcher: Launcher, region: RegionSpec) -> None:
@@ -373,19 +434,25 @@ async def up(
     timeout_s: float = 90,
     georep_env: dict[str, str] | None = None,
     registry_line: str = "2",
+    kafka_brokers: int = 1,
+    api_processes: int = 1,
+    webhook_processes: int = 1,
 ) -> dict[str, Any]:
     """Start every part, wait until each answers, write and return stack.json.
 
     `georep_env` adds `GEOREP_*` settings to georep's own processes (tests shorten backoffs with it);
-    `registry_line` is "2" (Debian's distribution 2.8.2) or "3" (distribution v3) for every registry.
+    `registry_line` is "2" (Debian's distribution 2.8.2) or "3" (distribution v3) for every registry;
+    `kafka_brokers` 1 or 3 Kafka nodes; `api_processes` 1 or more georep API processes; `webhook_processes`
+    1 or 2 webhooks, each a notification endpoint of the primary.
     """
     if (root / STACK_FILE).exists() and _running(_read(root)):
         raise StackError(f"a stack is already running from {root}: stop it first (make down)")
-    for leftover in ("kafka", "primary", "logstore", *(f"s3-{r}" for r in regions), "logs"):
+    kafka_dirs = [f"kafka-{i}" for i in range(3)]
+    for leftover in ("pki", *kafka_dirs, "primary", "logstore", *(f"s3-{r}" for r in regions), "logs"):
         shutil.rmtree(root / leftover, ignore_errors=True)
     # aiokafka logs every refused connection while Kafka boots; the readiness probe expects those.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    spec = make_spec(root, port_base, regions, registry_line)
+    spec = make_spec(root, port_base, regions, registry_line, kafka_brokers, api_processes, webhook_processes)
     spec.root.mkdir(parents=True, exist_ok=True)
     launcher = Launcher(spec, georep_env or {})
     try:
@@ -403,44 +470,72 @@ async def _up(launcher: Launcher, timeout_s: float) -> None:
     for region in spec.regions:
         _start_seaweed(launcher, region)
     await asyncio.gather(
-        launcher.wait("kafka", lambda: _kafka_ready(spec.kafka_admin()), timeout_s),
+        *(launcher.wait(name, _kafka_probe(spec, i), timeout_s) for i, name in enumerate(kafka_names(spec))),
         *(
             launcher.wait(f"s3-{r.name}", lambda r=r: _bucket_ready(*_bucket_access(spec, r)), timeout_s)  # type: ignore[misc]
             for r in spec.regions
         ),
     )
+    await _secure_kafka(spec)
 
     registry = launcher.registry()
     launcher.start("primary", [registry, "serve", str(configs.primary_registry(spec))])
     configs.georep_toml(spec)
-    launcher.start("webhook", _georep(spec, "webhook"), launcher.georep_env)
-    launcher.start("logstore", _georep(spec, "logstore"), launcher.georep_env)
-    await asyncio.gather(
-        launcher.wait("primary", lambda: _http_ok(spec.url(spec.ports.primary) + "/v2/"), timeout_s),
-        launcher.wait("webhook", lambda: _http_ok(spec.url(spec.ports.webhook) + "/readyz"), timeout_s),
-        launcher.wait("logstore", lambda: _http_ok(spec.url(spec.ports.logstore) + "/readyz"), timeout_s),
-    )
+    probes = [launcher.wait("primary", lambda: _http_ok(spec.url(spec.ports.primary) + "/v2/"), timeout_s)]
+    for index, name in enumerate(webhook_names(spec)):
+        port = spec.ports.webhook(index)
+        env = launcher.georep_env | spec.kafka_env("webhook") | {"GEOREP_WEBHOOK__PORT": str(port)}
+        launcher.start(name, _georep(spec, "webhook"), env)
+        probes.append(launcher.wait(name, lambda p=port: _http_ok(spec.url(p) + "/readyz"), timeout_s))  # type: ignore[misc]
+    for index, name in enumerate(api_names(spec)):
+        env = launcher.georep_env | spec.kafka_env("api") | api_env(spec, index)
+        launcher.start(name, _georep(spec, "logstore"), env)
+        url = spec.url(spec.ports.logstore(index)) + "/readyz"
+        probes.append(launcher.wait(name, lambda u=url: _http_ok(u), timeout_s))  # type: ignore[misc]
+    await asyncio.gather(*probes)
 
-    # Regions are replicas like any other: created through the API, which writes them to Kafka.
-    probes: list[Awaitable[None]] = []
+    # Regions are replicas like any other: created through the API, which signs them and writes them to Kafka.
+    probes = []
     for region in spec.regions:
         replica = await _create_replica(spec, configs.replica_request(spec, region))
         keys = {ACCESS_KEY_ENV: region.access_key, SECRET_KEY_ENV: region.secret_key}
         config = configs.region_registry(spec, replica)
         launcher.start(f"registry-{region.name}", [registry, "serve", str(config)], keys)
         port = spec.ports.replicator(region.index)
-        env = launcher.georep_env | {"GEOREP_REPLICATOR__PORT": str(port)}
-        launcher.start(f"replicator-{region.name}", _georep(spec, "replicate", "--region", region.name), env)
+        role = f"replicator-{region.name}"
+        env = launcher.georep_env | spec.kafka_env(role) | {"GEOREP_REPLICATOR__PORT": str(port)}
+        launcher.start(role, _georep(spec, "replicate", "--region", region.name), env)
         # The catalog, not /v2/: /v2/ answers without touching storage, even when the bucket is unreachable.
         registry_url = spec.url(spec.ports.registry(region.index)) + "/v2/_catalog?n=1"
         replicator_url = spec.url(spec.ports.replicator(region.index)) + "/readyz"
         probes.append(launcher.wait(f"registry-{region.name}", lambda u=registry_url: _http_ok(u), timeout_s))  # type: ignore[misc]
-        probes.append(launcher.wait(f"replicator-{region.name}", lambda u=replicator_url: _http_ok(u), timeout_s))  # type: ignore[misc]
+        probes.append(launcher.wait(role, lambda u=replicator_url: _http_ok(u), timeout_s))  # type: ignore[misc]
     await asyncio.gather(*probes)
 
 
+def webhook_names(spec: StackSpec) -> list[str]:
+    """The stack's webhook processes: `webhook`, or `webhook-0`, `webhook-1`."""
+    return ["webhook"] if spec.webhook_processes == 1 else [f"webhook-{i}" for i in range(spec.webhook_processes)]
+
+
+def api_names(spec: StackSpec) -> list[str]:
+    """The stack's georep API processes: `logstore`, or `logstore-0`, `logstore-1`."""
+    return ["logstore"] if spec.api_processes == 1 else [f"logstore-{i}" for i in range(spec.api_processes)]
+
+
+def api_env(spec: StackSpec, index: int) -> dict[str, str]:
+    """API process `index`: its port, its own log store file, and the key that signs replica definitions."""
+    env = {
+        "GEOREP_LOGSTORE__PORT": str(spec.ports.logstore(index)),
+        "GEOREP_LOGSTORE__PATH": str(spec.root / "logstore" / f"log-{index}.sqlite3"),
+        "GEOREP_LOGSTORE__ADVERTISE_URL": spec.url(spec.ports.logstore(index)),
+        "GEOREP_REPLICAS__SIGNING_KEY": spec.signing_key,
+    }
+    return env if spec.api_processes > 1 else {k: v for k, v in env.items() if "ADVERTISE" not in k}
+
+
 async def _create_replica(spec: StackSpec, request: dict[str, Any]) -> ReplicaDefinition:
-    url = spec.url(spec.ports.logstore) + "/replicas"
+    url = spec.url(spec.ports.logstore()) + "/replicas"
     headers = {"Authorization": f"Bearer {spec.api_token}"}
     async with aiohttp.ClientSession() as session, session.post(url, json=request, headers=headers) as response:
         body = await response.json()
@@ -452,15 +547,19 @@ async def _create_replica(spec: StackSpec, request: dict[str, Any]) -> ReplicaDe
 def _write(spec: StackSpec, launcher: Launcher) -> dict[str, Any]:
     host = spec.host
     info: dict[str, Any] = {
-        "kafka": f"{host}:{spec.ports.kafka}",
+        "kafka": spec.bootstrap,
         # the administrator's client settings, for scripts and tests (local development credentials only)
         "kafka_client": spec.kafka_client(),
         "primary": f"{host}:{spec.ports.primary}",
         "webhook": spec.webhook_url,
+        # every webhook process's distribution endpoint (the primary notifies each)
+        "webhooks": spec.webhook_urls,
         "harbor_webhook": spec.harbor_webhook_url,
         "webhook_token": spec.webhook_token,
         "api_token": spec.api_token,
-        "logs": spec.url(spec.ports.logstore),
+        "logs": spec.url(spec.ports.logstore()),
+        # every API process (the first is `logs`); they share the control plane and each serves reads
+        "apis": [spec.url(spec.ports.logstore(i)) for i in range(spec.api_processes)],
         "config": str(spec.root / "georep.toml"),
         "port_base": spec.ports.base,
         "regions": {
@@ -479,6 +578,8 @@ def _write(spec: StackSpec, launcher: Launcher) -> dict[str, Any]:
         "commands": launcher.commands,
     }
     path = spec.root / STACK_FILE
+    path.touch(mode=0o600)  # it holds the stack's tokens, keys and passwords
+    path.chmod(0o600)
     path.write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -532,6 +633,26 @@ def stop(root: Path, name: str, sig: signal.Signals = signal.SIGTERM, grace_s: f
     return time.monotonic() - started
 
 
+def wipe_kafka(root: Path, name: str) -> None:
+    """Lose Kafka node `name`'s disk (it must be stopped): its data directory is emptied and formatted again
+    for the same cluster, as an operator replacing a dead disk does. The node then rejoins and copies its
+    partitions back from the others."""
+    index = 0 if name == "kafka" else int(name.removeprefix("kafka-"))
+    data = root / f"kafka-{index}" / "data"
+    survivors = [p for p in root.glob("kafka-*/data/meta.properties") if p.parent != data]
+    if not survivors:
+        raise StackError(f"no other Kafka node to learn the cluster id from: {name} is the only one")
+    meta = dict(line.split("=", 1) for line in survivors[0].read_text().splitlines() if "=" in line)
+    shutil.rmtree(data)
+    properties = root / f"kafka-{index}" / "server.properties"
+    log4j = root / "pki" / "log4j2.properties"
+    argv = ["java", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{KAFKA_LIBS}/*", "kafka.tools.StorageTool",
+            "format", f"--cluster-id={meta['cluster.id']}", "-c", str(properties)]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, env=_clean_env())
+    if result.returncode != 0:
+        raise StackError(f"formatting {name} again failed:\n{result.stdout}\n{result.stderr}")
+
+
 def restart(root: Path, name: str, env: dict[str, str] | None = None) -> int:
     """Start one stopped component again as `up` did (plus `env`, if given); returns its new pid."""
     info = _read(root)
@@ -549,6 +670,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("GEOREP_PORT_BASE", DEFAULT_PORT_BASE)))
     parser.add_argument("--regions", default=",".join(configs.DEFAULT_REGIONS))
     parser.add_argument("--registry", choices=sorted(REGISTRIES), default="2", help="2: distribution 2.8.2; 3: v3")
+    parser.add_argument(
+        "--kafka-brokers", type=int, choices=[1, 3], default=1, help="Kafka nodes: 1, or a cluster of 3"
+    )
+    parser.add_argument("--api-processes", type=int, default=1, choices=[1, 2, 3], help="georep API processes")
+    parser.add_argument("--webhooks", type=int, default=1, choices=[1, 2], help="webhook processes (each an endpoint)")
     args = parser.parse_args(argv)
     root = args.dir.resolve()
     if args.action == "down":
@@ -558,15 +684,24 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     try:
         regions = [r.strip() for r in args.regions.split(",") if r.strip()]
-        info = asyncio.run(up(root, args.port_base, regions, registry_line=args.registry))
+        info = asyncio.run(
+            up(
+                root, args.port_base, regions, registry_line=args.registry, kafka_brokers=args.kafka_brokers,
+                api_processes=args.api_processes, webhook_processes=args.webhooks,
+            )
+        )  # fmt: skip
     except StackError as exc:
         print(f"stack failed to start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     print(f"stack ready in {time.monotonic() - started:.1f}s: {root / STACK_FILE}")
-    print(f"  primary registry  {info['primary']}  (notifications → {info['webhook']})")
+    print(f"  kafka             {info['kafka']}  (SASL_SSL; admin client settings: stack.json kafka_client)")
+    print(f"  primary registry  {info['primary']}  (notifications → {', '.join(info['webhooks'])})")
     for name, region in info["regions"].items():
         print(f"  {name:<16}  registry {region['registry']}  s3 {region['s3']}/{region['bucket']}")
-    print(f"  replication log   {info['logs']}/logs")
+    print(f"  georep API        {', '.join(info['apis'])}  (/logs, /replicas, /status)")
+    print(f"  tokens            webhook_token and api_token in {root / STACK_FILE} (mode 0600)")
+    print(f"  logs              {root / 'logs'}")
+    print(f"\nexport GEOREP_CONFIG={info['config']}")
 
 
 if __name__ == "__main__":

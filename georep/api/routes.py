@@ -9,8 +9,10 @@
     GET    /status                        per region: lag, oldest pending event, totals, latency, backfill
     GET    /status/image?image=REPO:TAG   per region: replicated, in progress, failed (why), not replicated
 
-Changes (POST, DELETE) need `Authorization: Bearer <logstore.api_token>`:
-401 without it, 403 if no token is configured (changes are then off).
+Changes (POST, DELETE) and `/status/image` (it asks the primary with georep's
+credentials) need `Authorization: Bearer <logstore.api_token>`: 401 without it,
+403 if no token is configured (they are then off). Everything else is read from
+the log store and the topics, and is open.
 Refusals carry `{"error", "reason"}` (and `rule` for a replica rule): 400 for a
 bad request, 404 for an unknown replica, 409 for a conflict (exists already,
 primary still in use), 422 for a rule, 503 when Kafka cannot be reached.
@@ -34,6 +36,7 @@ from engine.errors import CatalogUnavailable, InvalidInput, KafkaUnavailable, Up
 from engine.names import Repository, Tag, parse_region
 from engine.replicas import ReplicaDefinition, ReplicaRefused
 from georep.api.control import Control
+from georep.api.forward import FORWARDED, Forwarder
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,20 +77,42 @@ def parse_image(text: str) -> tuple[Repository, Tag | None, Digest | None]:
     return Repository.parse(name), Tag.parse(tag or "latest"), None
 
 
+#: reads that make georep ask the primary with its own credentials: open, they would tell anyone which private
+#: images exist (and their digests)
+_ASKS_THE_PRIMARY = ("/status/image",)
+
+
+def _changes(request: web.Request) -> bool:
+    return request.method not in ("GET", "HEAD") and request.path.startswith("/replicas")
+
+
+def _guarded(request: web.Request) -> bool:
+    return _changes(request) or request.path in _ASKS_THE_PRIMARY
+
+
 class _Routes:
     def __init__(self, control: Control, token: SecretStr | None) -> None:
         self.control = control
         self._token = token.get_secret_value().encode() if token and token.get_secret_value() else None
+        self.forwarder = Forwarder(control.leadership, control.settings.logstore.forward_wait_s)
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Replica changes need the API token (reading does not); nothing about replicas is told before it is known."""
-        if request.method not in ("GET", "HEAD") and request.path.startswith("/replicas"):
+        """Replica changes, and reads that ask the primary with georep's own credentials, need the API token;
+        reads answered from the log store and the topics do not. Nothing about replicas is told before it is known.
+        """
+        if _guarded(request):
             if self._token is None:
-                return _error("changes-disabled", "replica changes are off: set logstore.api_token to allow them", 403)
+                return _error("changes-disabled", "this is off: set logstore.api_token to allow it", 403)
             presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip().encode()
             if not hmac.compare_digest(presented, self._token):
                 return _error("unauthorized", "missing or wrong bearer token (logstore.api_token)", 401)
+        if _changes(request) and not self.control.leading:
+            if request.headers.get(FORWARDED):
+                return _error("not-leader", "this georep API process does not lead; send the change again", 503)
+            answer = await self.forwarder.forward(request)
+            if answer is not None:
+                return answer
         try:
             return await handler(request)
         except CatalogUnavailable as exc:
@@ -142,8 +167,11 @@ class _Routes:
         region = request.match_info["region"]
         if await self.control.replica(region) is None:
             return _error("unknown-replica", f"no replica in {region}", 404)
-        if not self.control.start_backfill(region):
-            return _error("backfill-running", f"a backfill of {region} is running already", 409)
+        try:
+            if not await self.control.backfill_again(region):
+                return _error("backfill-running", f"a backfill of {region} is running already", 409)
+        except KafkaUnavailable as exc:
+            return _refused(exc, "invalid-region")
         return _json({"backfill": "started"}, status=202)
 
     async def status(self, _: web.Request) -> web.Response:
@@ -164,6 +192,11 @@ class _Routes:
 def add_control_routes(app: web.Application, control: Control, token: SecretStr | None) -> None:
     routes = _Routes(control, token)
     app.middlewares.append(routes.guard)
+
+    async def close(_: web.Application) -> None:
+        await routes.forwarder.close()
+
+    app.on_cleanup.append(close)
     app.router.add_get("/replicas", routes.list_replicas)
     app.router.add_post("/replicas", routes.create)
     app.router.add_get("/replicas/{region}", routes.show)

@@ -47,7 +47,12 @@ async def serve_logstore(settings: Settings, stop: asyncio.Event) -> None:
     async with LogStore(settings.logstore.path) as store, RegistryClient.session(settings.primary) as session:
         control = Control(settings, store, RegistryClient(settings.primary, session), health=health)
         ingest = Ingest(settings.kafka, store, health=health)
-        health.facts = lambda: {"database": str(Path(settings.logstore.path)), "consuming": ingest.consumer is not None}
+        health.facts = lambda: {
+            "database": str(Path(settings.logstore.path)),
+            "consuming": ingest.consumer is not None,
+            "leading": control.leading,
+            "leader": control.leadership.url if control.leading else control.leadership.leader_url(),
+        }
         app = api_app(settings, store, control, health)
         runner = await start_http(app, settings.logstore.host, settings.logstore.port)
         try:

@@ -1,4 +1,5 @@
-"""A stack of its own for fault tests: they stop, kill and corrupt its parts.
+"""A stack of its own for fault tests: they stop, kill and corrupt its parts. It has the production shape:
+three Kafka nodes, two georep API processes and two webhooks.
 
 Every test leaves the stack whole again (each component it stopped is
 restarted and answering) so that the next test starts from a healthy stack.
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from adapters.kafka import new_admin, new_consumer, new_producer, running
+from adapters.kafka import new_admin, new_consumer, new_producer, running, topic_specs
 from deploy.local import stack
 from engine import topics
 from tests.integration.conftest import Stack
@@ -51,11 +52,26 @@ class Faults(Stack):
         self.stopped.add(name)
         return await asyncio.to_thread(stack.stop, self.root, name, sig)
 
-    async def start(self, name: str, env: dict[str, str] | None = None) -> None:
-        stack.restart(self.root, name, env)
+    def names(self, kind: str) -> list[str]:
+        """The stack's processes of one kind: `kafka` gives kafka-0, kafka-1, kafka-2 on the 3-node cluster."""
+        return sorted(
+            n for n in self.info["pids"] if n == kind or (n.startswith(f"{kind}-") and n[len(kind) + 1 :].isdigit())
+        )
+
+    async def stop_all(self, kind: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        await asyncio.gather(*(self.stop(name, sig) for name in self.names(kind)))
+
+    async def start_all(self, kind: str) -> None:
+        await self.start(*self.names(kind))
+
+    async def start(self, *names: str, env: dict[str, str] | None = None) -> None:
+        """Start stopped components together, then wait until each answers (a Kafka node is ready only once
+        it sees every other node, so nodes stopped together must start together)."""
+        for name in names:
+            stack.restart(self.root, name, env)
         self.info = json.loads((self.root / stack.STACK_FILE).read_text())
-        await stack.wait_up(self.root, name)
-        self.stopped.discard(name)
+        await asyncio.gather(*(stack.wait_up(self.root, name) for name in names))
+        self.stopped.difference_update(names)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         """The end of a component's log, for assertion messages."""
@@ -103,6 +119,21 @@ class Faults(Stack):
             offsets = await admin.list_consumer_group_offsets(topics.replicator_group(region))
         return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == EVENTS}
 
+    async def partitions(self, *topic_names: str) -> dict[tuple[str, int], dict[str, Any]]:
+        """(topic, partition) -> its leader, replicas and in-sync replicas, as the cluster's metadata says."""
+        async with running(new_admin(self.kafka(), "test")) as admin:
+            described = await admin.describe_topics(list(topic_names))
+        return {(t["topic"], p["partition"]): p for t in described for p in t["partitions"]}
+
+    async def fully_replicated(self) -> bool:
+        """Every partition of georep's topics has all its replicas in sync (and a leader)."""
+        kafka = self.kafka()
+        names = [t.name for t in topic_specs(kafka)]
+        return all(
+            p["leader"] >= 0 and sorted(p["isr"]) == sorted(p["replicas"])
+            for p in (await self.partitions(*names)).values()
+        )
+
     async def put_raw(self, key: bytes, value: bytes) -> None:
         async with running(new_producer(self.kafka(), "test")) as producer:
             await producer.send_and_wait(EVENTS, value=value, key=key)
@@ -117,7 +148,12 @@ async def faults(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Faul
         # Fault tests that are about reconciliation turn it up themselves (test_convergence.py).
         "GEOREP_RECONCILE__INTERVAL_S": "3600",
     }
-    info = await stack.up(root, PORT_BASE, ["ap-singapore", "eu-frankfurt"], georep_env=env)
+    # The production shape: a 3-node Kafka cluster (RF 3, min ISR 2), two API processes electing a leader,
+    # and two webhooks, each a notification endpoint of the primary.
+    info = await stack.up(
+        root, PORT_BASE, ["ap-singapore", "eu-frankfurt"], georep_env=env, kafka_brokers=3, api_processes=2,
+        webhook_processes=2, timeout_s=180,
+    )  # fmt: skip
     try:
         yield Faults(info, root, tmp_path_factory.mktemp("fault-images"), itertools.count(1))
     finally:
@@ -128,8 +164,8 @@ async def faults(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Faul
 async def healthy(faults: Faults) -> AsyncIterator[Faults]:
     """The fault stack; whatever a test stopped is started again afterwards, even when it failed."""
     yield faults
-    for name in sorted(faults.stopped):
-        await faults.start(name)
+    if faults.stopped:
+        await faults.start(*sorted(faults.stopped))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

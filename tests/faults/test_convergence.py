@@ -28,7 +28,12 @@ from tests.waiting import until
 pytestmark = pytest.mark.faults
 
 PASS_S = 3
-FAST = {"GEOREP_RECONCILE__INTERVAL_S": str(PASS_S), "GEOREP_RECONCILE__FULL_EVERY_S": "30"}
+# The pass's request budgets go up too: the fault stack holds a few hundred repositories by now, and at the
+# default 20 requests/s to the primary one pass over them would take longer than the test waits.
+FAST = {
+    "GEOREP_RECONCILE__INTERVAL_S": str(PASS_S), "GEOREP_RECONCILE__FULL_EVERY_S": "30",
+    "GEOREP_RECONCILE__PRIMARY_RPS": "400", "GEOREP_RECONCILE__REGION_RPS": "1000",
+}  # fmt: skip
 #: a pass, the primary's walk and the repairs' replication, with room for a busy 2-core machine
 CONVERGE_S = PASS_S + 60
 
@@ -38,7 +43,7 @@ async def reconciling(f: Faults, regions: list[str]) -> AsyncIterator[None]:
     """The regions' replicators with a fast reconciliation loop; restarted as they were afterwards."""
     for region in regions:
         await f.stop(f"replicator-{region}")
-        await f.start(f"replicator-{region}", FAST)
+        await f.start(f"replicator-{region}", env=FAST)
     try:
         yield
     finally:
@@ -65,7 +70,7 @@ async def test_11_notifications_lost_with_a_restarted_primary_still_reach_every_
         doomed_digest = await push(f, doomed, "v1", doomed)
         await f.replicated(doomed, "v1", doomed_digest)
 
-        await f.stop("webhook")
+        await f.stop_all("webhook")
         lost = {f.unique("converge/lost"): "" for _ in range(3)}
         for repo in lost:
             lost[repo] = await push(f, repo, "v1", repo)
@@ -79,7 +84,7 @@ async def test_11_notifications_lost_with_a_restarted_primary_still_reach_every_
         # distribution keeps undelivered notifications in memory: a restart drops them for good.
         await f.stop("primary")
         await f.start("primary")
-        await f.start("webhook")
+        await f.start_all("webhook")
 
         with f.timed(f"11 webhook down, 3 pushes + 1 delete, primary restarted: -> every region (pass {PASS_S}s)"):
 

@@ -78,7 +78,7 @@ async def test_4_corrupt_bytes_from_the_primary_are_never_written_and_redrive_re
     try:
         await until(lambda: _answers(f"http://127.0.0.1:{proxy_port}/v2/"), "the corrupting proxy")
         await f.stop(name)
-        await f.start(name, {"GEOREP_PRIMARY__URL": f"http://127.0.0.1:{proxy_port}"})
+        await f.start(name, env={"GEOREP_PRIMARY__URL": f"http://127.0.0.1:{proxy_port}"})
         digest = await asyncio.to_thread(f.push_image, repo, "v1", img)
 
         async def dead_letter() -> dict[str, object] | None:

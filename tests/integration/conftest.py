@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,8 +24,10 @@ import aioboto3
 import aiohttp
 import pytest
 
+from adapters.kafka import new_admin, running
 from adapters.store import RegionStore
 from deploy.local import images, skopeo, stack
+from deploy.local.kafka_security import add_principal
 from deploy.local.probe import wait_served
 from deploy.registry_config import ACCESS_KEY_ENV, SECRET_KEY_ENV
 from engine.settings import RegionSettings
@@ -52,6 +55,13 @@ class Stack(stack.Running):
         )  # fmt: skip
         async with RegionStore.open(settings) as store:
             yield store
+
+    async def principal(self, role: str) -> dict[str, str]:
+        """A Kafka principal for `role` (replicator-<region>), with exactly its ACLs: the environment it runs with."""
+        password = secrets.token_urlsafe(24)
+        async with running(new_admin(self.kafka(), "test")) as admin:
+            await add_principal(admin, self.kafka(), role, password)
+        return {"GEOREP_KAFKA__USERNAME": role, "GEOREP_KAFKA__PASSWORD": password}
 
     def unique(self, stem: str) -> str:
         """A fresh repository name, so tests never see each other's pushes."""
@@ -89,16 +99,15 @@ class Stack(stack.Running):
     async def records(self, wanted: Callable[[list[dict[str, Any]]], bool], **filters: str) -> list[dict[str, Any]]:
         """Query GET /logs until `wanted(records)` holds (the log store consumes asynchronously)."""
         deadline = time.monotonic() + REPLICATION_TIMEOUT_S
-        async with aiohttp.ClientSession() as session:
-            while True:
-                async with session.get(f"{self.info['logs']}/logs", params=filters) as response:
-                    assert response.status == 200, await response.text()
-                    found: list[dict[str, Any]] = (await response.json())["records"]
-                if wanted(found):
-                    return found
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"log records for {filters} never satisfied the condition: {found}")
-                await asyncio.sleep(0.1)
+        while True:
+            status, body = await self.api("GET", "/logs", **filters)
+            assert status == 200, body
+            found: list[dict[str, Any]] = body["records"]
+            if wanted(found):
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"log records for {filters} never satisfied the condition: {found}")
+            await asyncio.sleep(0.1)
 
     async def final_records(self, repository: str, digest: str) -> dict[str, dict[str, Any]]:
         """The succeeded record of the push of `digest` to `repository`, per region."""
@@ -116,14 +125,26 @@ class Stack(stack.Running):
             assert {r["region"] for r in found if r["event_id"] == event_id} == set(self.regions)
         return {r["region"]: r for r in found if r["status"] == "succeeded"}
 
+    @property
+    def apis(self) -> list[str]:
+        """Every georep API process's URL (one, or several that elected a leader)."""
+        return list(self.info.get("apis") or [self.info["logs"]])
+
     async def api(self, method: str, path: str, body: Any = None, **params: str) -> tuple[int, Any]:
-        """Call the georep API as an operator (with the API token): (HTTP status, JSON body)."""
+        """Call the georep API as an operator (with the API token): (HTTP status, JSON body). With several API
+        processes, the first that answers takes it (a test may have killed one)."""
         headers = {"Authorization": f"Bearer {self.info['api_token']}"}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(method, self.info["logs"] + path, json=body, params=params or None, headers=headers) as r,
-        ):
-            return r.status, await r.json()
+        refused: aiohttp.ClientConnectionError | None = None
+        async with aiohttp.ClientSession() as session:
+            for url in self.apis:
+                try:
+                    async with session.request(
+                        method, url + path, json=body, params=params or None, headers=headers
+                    ) as r:
+                        return r.status, await r.json()
+                except aiohttp.ClientConnectionError as exc:
+                    refused = exc
+        raise AssertionError(f"no georep API process answered {method} {path}: {refused}")
 
     @asynccontextmanager
     async def extra_region(
@@ -141,7 +162,8 @@ class Stack(stack.Running):
             await s3.create_bucket(Bucket=bucket)
         keys = self.root / "credentials" / f"{name}.json"
         keys.write_text(json.dumps({"access_key": base["access_key"], "secret_key": base["secret_key"]}))
-        registry = f"127.0.0.1:{PORT_BASE + 60 + slot}"
+        base_port = int(self.info["port_base"])
+        registry = f"127.0.0.1:{base_port + 60 + slot}"
         request = {
             "region": name, "endpoint": base["s3"], "bucket": bucket, "registry": registry,
             "credentials_ref": f"file:{keys}", **options,
@@ -150,7 +172,7 @@ class Stack(stack.Running):
         assert status == 201, body
         config = self.root / f"registry-{name}.json"
         code, _, err = await run_georep(
-            self, "replicas", "registry-config", name, "--listen", registry, "--output", str(config)
+            self, "replicas", "registry-config", name, "--listen", registry, "--anonymous", "--output", str(config)
         )
         assert code == 0, err
         logs = self.root / "logs"
@@ -159,7 +181,7 @@ class Stack(stack.Running):
             "argv": registry_argv, "log": str(logs / f"registry-{name}.log"),
             "env": {ACCESS_KEY_ENV: base["access_key"], SECRET_KEY_ENV: base["secret_key"]},
         })  # fmt: skip
-        health = f"http://127.0.0.1:{PORT_BASE + 40 + slot}"
+        health = f"http://127.0.0.1:{base_port + 40 + slot}"
         replicator_argv = [
             sys.executable,
             "-m",
@@ -170,11 +192,12 @@ class Stack(stack.Running):
             "--region",
             name,
         ]
+        env = (env or {}) | await self.principal(f"replicator-{name}")
         replicator = stack.spawn({
             "argv": replicator_argv, "log": str(logs / f"replicator-{name}.log"),
-            "env": (env or {}) | {"GEOREP_REPLICATOR__PORT": str(PORT_BASE + 40 + slot)},
+            "env": env | {"GEOREP_REPLICATOR__PORT": str(base_port + 40 + slot)},
         })  # fmt: skip
-        region = ExtraRegion(name, bucket, registry, replicator, replicator_argv, health, logs, env or {})
+        region = ExtraRegion(name, bucket, registry, replicator, replicator_argv, health, logs, env)
         try:
             await stack.wait_ready(f"registry-{name}", registry_proc, lambda: stack._http_ok(f"http://{registry}/v2/"),
                                    logs / f"registry-{name}.log", 60)  # fmt: skip
@@ -182,10 +205,12 @@ class Stack(stack.Running):
                                    logs / f"replicator-{name}.log", 60)  # fmt: skip
             yield region
         finally:
-            await self.api("DELETE", f"/replicas/{name}")
-            for proc in [replicator, *region.more]:
-                stack.stop_pid(proc.pid, replicator_argv, grace_s=30)
-            stack.stop_pid(registry_proc.pid, registry_argv, grace_s=10)
+            try:
+                await self.api("DELETE", f"/replicas/{name}")
+            finally:
+                for proc in [replicator, *region.more]:
+                    stack.stop_pid(proc.pid, replicator_argv, grace_s=30)
+                stack.stop_pid(registry_proc.pid, registry_argv, grace_s=10)
 
 
 @dataclass

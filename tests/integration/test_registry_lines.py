@@ -42,7 +42,7 @@ async def test_a_region_registry_started_from_the_generated_config_serves_pulls(
     port = int(line.info["port_base"]) + 69
     config = line.root / f"generated-{region}.yml"
     code, _, err = await run_georep(
-        line, "replicas", "registry-config", region, "--listen", f"127.0.0.1:{port}", "-o", str(config)
+        line, "replicas", "registry-config", region, "--listen", f"127.0.0.1:{port}", "--anonymous", "-o", str(config)
     )
     assert code == 0, err
     generated = yaml.safe_load(config.read_text())  # YAML, as registry operators read it

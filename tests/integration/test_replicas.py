@@ -14,7 +14,8 @@ from deploy.local import images, stack
 from deploy.local.probe import served_digest
 from engine import topics
 from engine.events import utcnow
-from engine.replicas import ReplicaDefinition
+from engine.replicas import ReplicaDefinition, SignedReplica
+from engine.signing import sign
 from tests.integration.conftest import Stack, run_georep
 from tests.waiting import until
 
@@ -146,7 +147,8 @@ async def test_a_replica_rewritten_in_place_is_served_from_its_new_definition(li
         new = old.model_copy(update={"prefix": "moved", "created_at": utcnow()})
         publisher = Publisher(live.kafka(), "test")
         try:
-            await publisher.publish(topics.REPLICAS, [(b"eu-paris", new.to_json())], 15)
+            change = SignedReplica(region="eu-paris", signed_at=utcnow(), definition=new)
+            await publisher.publish(topics.REPLICAS, [(b"eu-paris", sign(change.to_json(), live.signing_key))], 15)
         finally:
             await publisher.close()
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.signing import new_signing_key, public_key
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,6 +46,9 @@ request_timeout_ms = 1000
 [primary]
 url = "{PRIMARY}"
 timeout_s = 2
+
+[replicas]
+verify_key = "{public_key(new_signing_key())}"
 
 [webhook]
 token = "cli-test-token-123456"

@@ -19,25 +19,32 @@ from adapters.health import Health
 from adapters.registry import RegistryClient
 from consumers.logstore import LogStore
 from engine import topics
-from engine.settings import KafkaSettings, LogStoreSettings, PrimarySettings, Settings
+from engine.settings import KafkaSettings, LogStoreSettings, PrimarySettings, ReplicasSettings, Settings
+from engine.signing import new_signing_key, public_key
 from georep.api.control import Control
+from georep.api.forward import FORWARDED
 from georep.api.service import api_app
 
 TOKEN = "operator-token-123456"
 
 
-async def _client(tmp_path: Path, token: str | None) -> AsyncIterator[TestClient[Any, Any]]:
+async def _client(tmp_path: Path, token: str | None, *, leading: bool = True) -> AsyncIterator[TestClient[Any, Any]]:
     # Nothing listens on port 9: a request that reached Kafka or the primary would fail at once.
+    signing_key = new_signing_key()
     settings = Settings(
+        replicas=ReplicasSettings(verify_key=public_key(signing_key), signing_key=SecretStr(signing_key)),
         kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9", request_timeout_ms=1000, security_protocol="PLAINTEXT"),
         primary=PrimarySettings(url="http://127.0.0.1:9", timeout_s=2),
     )
     async with LogStore(tmp_path / "log.sqlite3") as store, RegistryClient.session(settings.primary) as session:
         settings = settings.model_copy(
-            update={"logstore": LogStoreSettings(api_token=SecretStr(token) if token else None)}
+            update={"logstore": LogStoreSettings(api_token=SecretStr(token) if token else None, forward_wait_s=1.0)}
         )
         health = Health("api")
         control = Control(settings, store, RegistryClient(settings.primary, session), load_timeout_s=0.5, health=health)
+        # The election needs Kafka, which is never there here: these tests are about what the leader answers.
+        # (tests/integration/test_api_leader.py elects one for real.)
+        control.leadership.leading = leading
         app = api_app(settings, store, control, health)
         async with TestClient(TestServer(app)) as client:
             yield client
@@ -46,6 +53,12 @@ async def _client(tmp_path: Path, token: str | None) -> AsyncIterator[TestClient
 @pytest.fixture
 async def guarded(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     async for client in _client(tmp_path, TOKEN):
+        yield client
+
+
+@pytest.fixture
+async def follower(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    async for client in _client(tmp_path, TOKEN, leading=False):
         yield client
 
 
@@ -93,6 +106,19 @@ async def test_nothing_about_replicas_is_answered_before_the_catalog_is_read(
         assert (await response.json())["waiting_for"] == ["replicas read from Kafka"]
 
 
+async def test_a_change_no_leader_takes_is_refused_in_time_and_says_why(follower: TestClient[Any, Any]) -> None:
+    """A process that does not lead, with no leader announced, answers 503 after logstore.forward_wait_s."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with follower.delete("/replicas/eu-frankfurt", headers=headers) as response:
+        assert response.status == 503
+        body = await response.json()
+    assert body["error"] == "no-leader"
+    assert "no georep API process has announced itself as the leader" in body["reason"]
+    async with follower.post("/replicas/eu-frankfurt/backfill", headers=headers | {FORWARDED: "1"}) as response:
+        assert response.status == 503
+        assert (await response.json())["error"] == "not-leader", "a forwarded change is never forwarded again"
+
+
 async def test_a_change_by_the_operator_waits_for_kafka_too(guarded: TestClient[Any, Any]) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with guarded.post("/replicas/eu-frankfurt/backfill", headers=headers) as response:
@@ -120,16 +146,30 @@ async def test_a_bad_replica_request_is_400_and_says_why(
     assert reason in answer["reason"]
 
 
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token"])
+async def test_image_status_asks_the_primary_so_it_needs_the_token(
+    guarded: TestClient[Any, Any], header: str | None
+) -> None:
+    """Issue 16: answered openly, it told anyone which private images exist and their digests."""
+    headers = {"Authorization": header} if header else {}
+    async with guarded.get("/status/image", params={"image": "secret-team/payroll:v2"}, headers=headers) as response:
+        assert response.status == 401
+        assert (await response.json())["error"] == "unauthorized"
+
+
 @pytest.mark.parametrize("image", ["team/app:-tag", "../etc:v1", "team/app@sha256:short", "Team/App"])
 async def test_an_image_that_is_no_image_is_400(guarded: TestClient[Any, Any], image: str) -> None:
-    async with guarded.get("/status/image", params={"image": image}) as response:
+    async with guarded.get("/status/image", params={"image": image}, headers=AUTH) as response:
         assert response.status == 400
         assert "expected repo:tag or repo@digest" in (await response.json())["reason"]
 
 
 async def test_image_status_without_the_primary_is_503_and_says_so(guarded: TestClient[Any, Any]) -> None:
     # Nothing answers at the settings' primary (port 9, discard).
-    async with guarded.get("/status/image", params={"image": "team/app:v1"}) as response:
+    async with guarded.get("/status/image", params={"image": "team/app:v1"}, headers=AUTH) as response:
         assert response.status == 503
         body = await response.json()
     assert body["error"] == "primary-unavailable"

@@ -153,3 +153,23 @@ async def test_a_query_the_server_refuses_carries_its_reason(url: str) -> None:
 
     with pytest.raises(ApiRefused, match=r"refused the query: limit: Input should be greater than or equal to 1"):
         await fetch(url, refused)
+
+
+async def test_outside_text_in_a_record_cannot_drive_the_terminal_or_rich(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record's error comes from a registry or an object store: escapes are replaced, markup is shown."""
+    hostile = record(
+        "e3", "us-east", timedelta(minutes=1), status="failed", error="\x1b[2J[red]boom[/red] [link=http://x]y[/link]"
+    )
+    async with LogStore(tmp_path / "log.sqlite3") as store:
+        await store.put_many([hostile])
+        server = TestServer(build_app(store), host="127.0.0.1")
+        await server.start_server()
+        try:
+            assert await logs(str(server.make_url("")).rstrip("/")) == 0
+        finally:
+            await server.close()
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "?[2J[red]boom[/red]" in out

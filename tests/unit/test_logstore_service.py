@@ -11,7 +11,8 @@ import aiohttp
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
-from engine.settings import KafkaSettings, LogStoreSettings, Settings
+from engine.settings import KafkaSettings, LogStoreSettings, ReplicasSettings, Settings
+from engine.signing import new_signing_key, public_key
 from georep.api.service import serve_logstore
 
 
@@ -49,6 +50,7 @@ class LogEvents:
 async def test_http_serves_while_kafka_is_unreachable_and_stop_ends_it(tmp_path: Path) -> None:
     port = free_port()
     settings = Settings(
+        replicas=ReplicasSettings(verify_key=public_key(new_signing_key())),
         kafka=KafkaSettings(
             bootstrap_servers=f"127.0.0.1:{free_port()}", request_timeout_ms=1000, security_protocol="PLAINTEXT"
         ),

@@ -8,6 +8,7 @@ from consumers.redrive import Redrive, redrivable
 from engine.digest import Digest
 from engine.events import Action, DeadLetter, ReplicationEvent, Source
 from engine.names import Repository, Tag
+from engine.text import clean
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 EVENT = ReplicationEvent(
@@ -54,3 +55,17 @@ def test_an_unreadable_letter_and_an_invalid_event_are_listed_not_raised() -> No
     assert [offset for offset, _ in result.unredrivable] == [1, 2]
     assert "unreadable dead letter" in result.unredrivable[0][1]
     assert "repository" in result.unredrivable[1][1]
+
+
+def test_an_event_id_with_terminal_escapes_is_never_redriven_or_printed_raw() -> None:
+    """An id that could drive a terminal (`redrive --dry-run` prints ids) fails validation; the reason
+    printed for it names the field, and the CLI's `clean` leaves no escape in it."""
+    result = Redrive()
+    hostile = EVENT.model_dump(mode="json", by_alias=True) | {"id": "evt\x1b[2J\x1b]0;owned\x07"}
+    raw = letter("eu-frankfurt", event=hostile, error="\x1b[31mred\x1b[0m [bold]markup[/]")
+    assert redrivable((4, raw), "eu-frankfurt", result) is None
+    [(offset, why)] = result.unredrivable
+    assert offset == 4
+    assert "id" in why
+    assert "\x1b" not in clean(why)
+    assert "\x07" not in clean(why)

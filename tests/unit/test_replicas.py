@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deploy.registry_config import registry_config
-from engine.credentials import resolve_credentials
+from engine.credentials import MAX_FILE_BYTES, resolve_credentials
 from engine.errors import InvalidEvent, InvalidInput
 from engine.names import Repository, Tag
 from engine.replicas import ReplicaDefinition, ReplicaRefused, Rules, is_referrer_tag
@@ -177,33 +178,81 @@ def test_no_filters_take_everything(name: str, tag: str) -> None:
 
 
 def test_env_credentials_are_read_by_prefix() -> None:
-    access, secret = resolve_credentials("env:S3_EU", {"S3_EU_ACCESS_KEY": "ak", "S3_EU_SECRET_KEY": "sk-123456"})
-    assert (access, secret.get_secret_value()) == ("ak", "sk-123456")
+    keys = resolve_credentials("env:S3_EU", {"S3_EU_ACCESS_KEY": "ak", "S3_EU_SECRET_KEY": "sk-123456"})
+    assert keys is not None
+    assert (keys.access_key, keys.secret_key.get_secret_value()) == ("ak", "sk-123456")
     with pytest.raises(ConfigError, match="S3_EU_SECRET_KEY not set"):
         resolve_credentials("env:S3_EU", {"S3_EU_ACCESS_KEY": "ak"})
+
+
+def test_default_chain_names_no_keys() -> None:
+    """`aws:default` leaves the keys to the SDK (IRSA, instance profile); the definition is valid."""
+    assert resolve_credentials("aws:default") is None
+    assert replica(credentials_ref="aws:default").credentials_ref == "aws:default"
 
 
 def test_file_credentials_from_json_or_a_mounted_secret_directory(tmp_path: Path) -> None:
     doc = tmp_path / "keys.json"
     doc.write_text(json.dumps({"access_key": "ak", "secret_key": "sk-123456"}))
-    assert resolve_credentials(f"file:{doc}")[0] == "ak"
+    keys = resolve_credentials(f"file:{doc}", directory=tmp_path)
+    assert keys is not None
+    assert keys.access_key == "ak"
     mounted = tmp_path / "secret"
     mounted.mkdir()
     (mounted / "access_key").write_text("ak2\n")
     (mounted / "secret_key").write_text("sk2-123456\n")
-    access, secret = resolve_credentials(f"file:{mounted}")
-    assert (access, secret.get_secret_value()) == ("ak2", "sk2-123456")
+    keys = resolve_credentials(f"file:{mounted}", directory=tmp_path)
+    assert keys is not None
+    assert (keys.access_key, keys.secret_key.get_secret_value()) == ("ak2", "sk2-123456")
+
+
+def test_file_credentials_stay_under_the_credentials_directory(tmp_path: Path) -> None:
+    """A definition (writable by an admin, read by every replicator) cannot make a replicator read
+    files outside its credentials directory, nor a device that never ends."""
+    allowed = tmp_path / "credentials"
+    allowed.mkdir()
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text(json.dumps({"access_key": "ak", "secret_key": "sk-123456"}))
+    with pytest.raises(ConfigError, match=r"not under replicator\.credentials_dir"):
+        resolve_credentials(f"file:{outside}", directory=allowed)
+    with pytest.raises(ConfigError, match=r"not under replicator\.credentials_dir"):
+        resolve_credentials(f"file:{allowed}/../elsewhere.json", directory=allowed)
+    (allowed / "escape").symlink_to(outside)
+    with pytest.raises(ConfigError, match=r"not under replicator\.credentials_dir"):
+        resolve_credentials(f"file:{allowed / 'escape'}", directory=allowed)
+    with pytest.raises(ConfigError, match=r"need replicator\.credentials_dir"):
+        resolve_credentials(f"file:{outside}")
+    with pytest.raises(ConfigError, match="not under"):
+        resolve_credentials("file:/dev/zero", directory=allowed)
+    (allowed / "zero").symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="not under"):
+        resolve_credentials(f"file:{allowed / 'zero'}", directory=allowed)
+
+
+def test_oversized_or_special_credential_files_are_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (MAX_FILE_BYTES + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        resolve_credentials(f"file:{big}", directory=tmp_path)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    (mounted / "access_key").symlink_to(fifo)
+    (mounted / "secret_key").write_text("sk-123456")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        resolve_credentials(f"file:{mounted}", directory=tmp_path)
 
 
 def test_unreadable_credentials_name_the_file_never_the_content(tmp_path: Path) -> None:
     bad = tmp_path / "keys.json"
     bad.write_text('{"access_key": "ak", "secret_key": "sk-TOPSECRET"')  # truncated JSON
     with pytest.raises(ConfigError) as refused:
-        resolve_credentials(f"file:{bad}")
+        resolve_credentials(f"file:{bad}", directory=tmp_path)
     assert str(bad) in str(refused.value)
     assert "TOPSECRET" not in str(refused.value)
     with pytest.raises(ConfigError, match="cannot read"):
-        resolve_credentials(f"file:{tmp_path / 'missing.json'}")
+        resolve_credentials(f"file:{tmp_path / 'missing.json'}", directory=tmp_path)
 
 
 # -- the region's registry configuration ---------------------------------------------------------
@@ -225,9 +274,28 @@ def test_registry_config_is_read_only_with_the_primarys_auth_and_no_keys() -> No
         "bucket": "georep-eu",
         "secure": True,
         "v4auth": True,
+        "forcepathstyle": True,
         "rootdirectory": "/registry",
     }
     assert config["auth"] == primary["auth"]
-    assert config["http"] == {"addr": "127.0.0.1:5001", "secret": "shared-secret"}
+    assert config["http"]["addr"] == "127.0.0.1:5001"
     assert "accesskey" not in json.dumps(config)
     assert "secretkey" not in json.dumps(config)
+
+
+def test_each_region_gets_its_own_http_secret_never_the_primarys() -> None:
+    primary = {"http": {"secret": "primary-secret"}, "auth": {"token": {"realm": "https://auth.example.com"}}}
+    first = registry_config(replica(), primary=primary)["http"]["secret"]
+    second = registry_config(replica(region="eu-other"), primary=primary)["http"]["secret"]
+    assert "primary-secret" not in (first, second)
+    assert first != second
+    assert len(first) >= 32
+
+
+def test_registry_config_fails_closed_without_auth() -> None:
+    """No auth to copy means no configuration, unless an open region is asked for by name."""
+    with pytest.raises(ConfigError, match="no auth section"):
+        registry_config(replica(), primary={"http": {"addr": ":5000"}})
+    with pytest.raises(ConfigError, match="no --primary-config"):
+        registry_config(replica())
+    assert "auth" not in registry_config(replica(), anonymous=True)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -11,6 +15,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from adapters.kafka import Publisher
+from adapters.runtime import start_http
 from engine.errors import InvalidInput
 from engine.settings import KafkaSettings, WebhookSettings
 from producers.webhook import WebhookApp
@@ -123,3 +128,55 @@ async def test_the_token_never_reaches_the_logs(client: TestClient) -> None:  # 
 def test_a_webhook_without_a_token_refuses_to_start() -> None:
     with pytest.raises(InvalidInput, match=r"webhook\.token is required"):
         WebhookApp(WebhookSettings(), DOWN, Publisher(DOWN, "test"))
+
+
+async def _serve(header_timeout_s: float, max_connections: int) -> tuple[Any, int]:
+    settings = WebhookSettings(token=SecretStr(TOKEN), max_body_bytes=4096, publish_timeout_s=1.0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    app = WebhookApp(settings, DOWN, Publisher(DOWN, "test")).app()
+    runner = await start_http(
+        app, "127.0.0.1", port, header_timeout_s=header_timeout_s, max_connections=max_connections
+    )
+    return runner, port
+
+
+async def test_a_client_that_sends_its_headers_too_slowly_is_cut_off() -> None:
+    runner, port = await _serve(header_timeout_s=0.5, max_connections=10)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /webhooks/distribution HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        await writer.drain()
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b"", "the server closes the half-sent request"
+        assert 0.4 < time.monotonic() - started < 3
+        writer.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_connections_past_the_limit_are_closed_at_once() -> None:
+    runner, port = await _serve(header_timeout_s=30, max_connections=3)
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b"", "a fourth connection is refused"
+        writer.close()
+        _, first = held[0]
+        first.close()
+        await first.wait_closed()
+        async with asyncio.timeout(5):
+            while True:  # the freed slot is taken by the next connection once the server saw the close
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = await reader.read()
+                writer.close()
+                if answer:
+                    break
+        assert answer.startswith(b"HTTP/1.1 ")
+    finally:
+        for _, writer in held:
+            writer.close()
+        await runner.cleanup()
