@@ -35,15 +35,18 @@ API_PROCESSES ?= 1
 WEBHOOKS ?= 1
 STACK_ARGS = --registry $(REGISTRY) --kafka-brokers $(KAFKA_BROKERS) --api-processes $(API_PROCESSES) --webhooks $(WEBHOOKS)
 
-.PHONY: install up down demo test lint typecheck unit integration faults bench clean
+.PHONY: install up down demo test lint typecheck unit integration faults bench clean readme-outputs
 
 install: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP) $(V3_STAMP) $(ORAS_STAMP) $(KUSTOMIZE_STAMP)
 
-# Debian's CNCF distribution 2.8.2 and skopeo 1.9.3: the registries and the client users push with.
+# Debian's CNCF distribution 2.8.2 and skopeo 1.9.3: the registries and the client users push with; chromium:
+# the browser the console's tests drive (through Playwright, which downloads no browser of its own).
 $(SYSTEM_STAMP):
-	@if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null || ! command -v java >/dev/null; then \
-	  echo "installing docker-registry, skopeo and a JRE from Debian"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo default-jre-headless >/dev/null; \
+	@if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null || ! command -v java >/dev/null \
+	    || ! command -v chromium >/dev/null; then \
+	  echo "installing docker-registry, skopeo, a JRE and chromium from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo \
+	    default-jre-headless chromium >/dev/null; \
 	fi
 	@mkdir -p $(CACHE) && touch $@
 
@@ -80,6 +83,10 @@ $(KUSTOMIZE_STAMP):
 
 up: install
 	$(PY) -m deploy.local.stack up $(STACK_ARGS)
+
+# The README's captured command outputs, regenerated on the stack `make up` started (tests check their shape).
+readme-outputs: install
+	$(PY) -m deploy.local.readme_outputs
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m deploy.local.stack down; fi

@@ -19,7 +19,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -34,6 +34,9 @@ from engine.settings import ConfigError, KafkaSettings
 log = structlog.get_logger(__name__)
 
 Client = TypeVar("Client", AIOKafkaProducer, AIOKafkaConsumer, AIOKafkaAdminClient)
+
+#: how long a fetch waits on the broker for records to arrive (aiokafka's default: 500)
+IDLE_FETCH_MS: Final = 2000
 
 #: what a Kafka operation can fail with, short of a bug
 KAFKA_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError, KafkaUnavailable)
@@ -81,7 +84,8 @@ def connection_options(kafka: KafkaSettings, role: str) -> dict[str, Any]:
 def new_producer(kafka: KafkaSettings, role: str, **options: Any) -> AIOKafkaProducer:
     """An idempotent producer that waits for every in-sync replica (acks=all)."""
     return AIOKafkaProducer(
-        **connection_options(kafka, role), enable_idempotence=True, acks="all", **options
+        **connection_options(kafka, role), enable_idempotence=True, acks="all", linger_ms=kafka.linger_ms,
+        **options,
     )  # fmt: skip
 
 
@@ -92,7 +96,13 @@ def new_consumer(
     start waits for their partitions; without a group it reads from the beginning and takes no partition
     from anyone (subscribed, not assigned: aiokafka 0.14 raises CancelledError stopping a group-less
     consumer after `assign()`)."""
-    defaults: dict[str, Any] = {"enable_auto_commit": False, "auto_offset_reset": "earliest"}
+    defaults: dict[str, Any] = {
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        # A fetch returns as soon as records arrive; this only bounds how often an idle one is asked again.
+        # Every georep process follows a few topics, and each idle fetch costs the brokers a TLS round trip.
+        "fetch_max_wait_ms": IDLE_FETCH_MS,
+    }
     consumer = AIOKafkaConsumer(**connection_options(kafka, role), group_id=group, **(defaults | options))
     if topics:
         consumer.subscribe(list(topics), listener=listener)

@@ -23,6 +23,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from adapters.meter import UNMETERED, Meter
+from adapters.objects import SmallObjects
 from engine.digest import Digest
 from engine.errors import StorageUnavailable
 from engine.settings import RegionSettings
@@ -103,15 +104,17 @@ def _unavailable(exc: Exception, key: str) -> StorageUnavailable:
 
 
 class RegionStore:
-    def __init__(self, client: S3Client, bucket: str, meter: Meter = UNMETERED) -> None:
+    def __init__(self, client: S3Client, objects: SmallObjects, bucket: str, meter: Meter = UNMETERED) -> None:
         self._s3 = client
+        #: one-key requests (HEAD, GET, PUT, DELETE): the hot path, through obstore
+        self._objects = objects
         self.bucket = bucket
         #: counts (and, with a rate, spaces out) every request this view of the bucket makes
         self.meter = meter
 
     def metered(self, meter: Meter) -> RegionStore:
         """The same bucket and connections, with requests counted and limited by `meter`."""
-        return RegionStore(self._s3, self.bucket, meter)
+        return RegionStore(self._s3, self._objects, self.bucket, meter)
 
     @classmethod
     @asynccontextmanager
@@ -138,7 +141,7 @@ class RegionStore:
                     config=config,
                 )
             )
-            yield cls(client, region.bucket)
+            yield cls(client, SmallObjects.for_region(region, connections), region.bucket)
 
     async def check(self) -> None:
         """Raise StorageUnavailable unless the bucket exists and these credentials reach it."""
@@ -151,13 +154,8 @@ class RegionStore:
 
     async def size(self, key: str) -> int | None:
         """The object's length in bytes (one HEAD), or None if it does not exist."""
-        try:
-            with _storage_errors(key, 404):
-                async with self.meter:
-                    head = await self._s3.head_object(Bucket=self.bucket, Key=key)
-        except ClientError:
-            return None
-        return int(head["ContentLength"])
+        async with self.meter:
+            return await self._objects.size(key)
 
     async def digest(self, key: str, algorithm: str = "sha256", chunk_size: int = 1024 * 1024) -> Digest | None:
         """The digest of the object's bytes, streamed (memory stays at one chunk), or None if it does not exist."""
@@ -202,34 +200,18 @@ class RegionStore:
                 yield page
 
     async def get(self, key: str) -> bytes | None:
-        try:
-            with _storage_errors(key, 404):
-                async with self.meter:
-                    response = await self._s3.get_object(Bucket=self.bucket, Key=key)
-                async with response["Body"] as body:
-                    data: bytes = await body.read()
-                    return data
-        except ClientError:
-            return None
+        async with self.meter:
+            return await self._objects.get(key)
 
     async def put(self, key: str, body: bytes | bytearray, *, if_absent: bool) -> bool:
         """Write `body`; with `if_absent`, an existing key is left alone. True if this call wrote it."""
-        extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
-        try:
-            with _storage_errors(key, *([412] if if_absent else [])):
-                async with self.meter:
-                    await self._s3.put_object(
-                        Bucket=self.bucket, Key=key, Body=_blob(body), ContentLength=len(body), **extra
-                    )
-        except ClientError:
-            return False  # 412: it is there already
-        return True
+        async with self.meter:
+            return await self._objects.put(key, body, if_absent=if_absent)
 
     async def delete(self, key: str) -> None:
         """Remove `key`; a key that is not there is already deleted."""
-        with _storage_errors(key):
-            async with self.meter:
-                await self._s3.delete_object(Bucket=self.bucket, Key=key)
+        async with self.meter:
+            await self._objects.delete(key)
 
     @asynccontextmanager
     async def multipart(self, key: str) -> AsyncIterator[Multipart]:

@@ -1,21 +1,25 @@
-"""Per-partition lanes: order within a partition, concurrency across partitions.
+"""Per-partition lanes: order within a repository, concurrency across repositories and partitions.
 
-Each assigned partition gets a lane: a queue and one task that replicates its
-events strictly in offset order. A lane's `done` is the offset after the last
-event it finished (replicated or dead-lettered); only that is ever committed,
-so Kafka never holds an offset past an event that is not durably done.
+Each assigned partition gets a lane: a queue and a task that starts its events in offset order. Events of
+one key (the repository: the events topic's message key) run one after another, in offset order; events of
+different keys in the same partition run at once, up to `concurrency`. An event whose key is busy waits,
+and so do the ones behind it (in-order start keeps each key's order without bookkeeping per key).
 
-The handler finishes every event itself (replicated, skipped or dead-lettered)
-and is not meant to raise. If it does anyway (a bug, a failure nobody mapped),
-the lane does not stop and does not skip the event: it retries the same event
-with backoff, and stands as `stalled` (with the offset and the error) until
-the event goes through, so that health and metrics name the stuck partition.
+A lane's `done` is the offset of its earliest unfinished event (or the one after the last finished, when
+none is in flight): only that is ever committed, so Kafka never holds an offset past an event that is not
+durably done, however the events around it finished.
+
+The handler finishes every event itself (replicated, skipped or dead-lettered) and is not meant to raise. If
+it does anyway (a bug, a failure nobody mapped), the lane does not skip the event: it retries it with backoff,
+and stands as `stalled` (with the offset and the error) until the event goes through, so that health and
+metrics name the stuck partition. Events of other keys go on meanwhile; `done` waits at the stalled one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,6 +53,7 @@ class Lane:
         handle: Handler,
         buffer: int,
         *,
+        concurrency: int = 8,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
         spawn: Spawn = _create_task,
@@ -57,20 +62,25 @@ class Lane:
         self._handle = handle
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self.buffer = buffer
+        self.concurrency = concurrency
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
-        #: next offset to commit: the one after the last finished event
+        #: next offset to commit: the earliest unfinished event's, or the one after the last finished
         self.done: int | None = None
         self.committed: int | None = None
         #: the offset after the last record handed to the lane (done == received: nothing pending)
         self.received: int | None = None
-        #: set while the event at the head keeps failing with an unexpected error
+        #: set while an event keeps failing with an unexpected error (the earliest such event)
         self.stall: Stall | None = None
         #: key (repository) -> offset of the last record of it handed to the lane: is a live event in flight?
         self.last_offset: dict[bytes, int] = {}
         self._progress = asyncio.Condition()
         self._arrivals: list[tuple[int, asyncio.Future[None]]] = []
-        self._current: asyncio.Task[None] | None = None
+        #: offset -> the task finishing that event; started in offset order
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._busy_keys: set[bytes | None] = set()
+        self._stalls: dict[int, Stall] = {}
+        self._finished_through = -1
         self._stopping = False
         self._task = spawn(f"lane-{tp.topic}-{tp.partition}", self._run())
 
@@ -89,7 +99,7 @@ class Lane:
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing in flight: every record received is done."""
-        return self._current is None and self._queue.empty()
+        return not self._running and self._queue.empty()
 
     def put(self, record: Any) -> None:
         self._queue.put_nowait(record)
@@ -120,55 +130,77 @@ class Lane:
     async def _run(self) -> None:
         while not self._stopping:
             record = await self._queue.get()
-            await self._until_done(record)
+            # In offset order: an event waits for its key to be free (its repository's earlier event is done)
+            # and for a slot; the ones behind it wait with it.
+            async with self._progress:
+                await self._progress.wait_for(functools.partial(self._may_start, record.key))
+            if self._stopping:
+                return
+            self._busy_keys.add(record.key)
+            self._running[record.offset] = asyncio.create_task(self._until_done(record))
+
+    def _may_start(self, key: bytes | None) -> bool:
+        return key not in self._busy_keys and len(self._running) < self.concurrency
 
     async def _until_done(self, record: Any) -> None:
         delay, attempts = self.retry_initial_s, 0
-        while not self._stopping:
-            self._current = asyncio.create_task(self._finish(record))
-            try:
+        try:
+            while not self._stopping:
                 # Shielded so that stop() decides whether the in-flight event finishes or is abandoned.
-                await asyncio.shield(self._current)
-            except Exception as exc:
-                attempts += 1
-                since = self.stall.since if self.stall else time.monotonic()
-                self.stall = Stall(record.offset, f"{type(exc).__name__}: {exc}", attempts, since)
-                log.exception(
-                    "lane.event_failed", partition=self.tp.partition, offset=record.offset, attempt=attempts,
-                    retry_in_s=delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
-                continue
-            finally:
-                self._current = None
-            if self.stall is not None:
-                log.info("lane.recovered", partition=self.tp.partition, offset=record.offset, attempts=attempts + 1)
-                self.stall = None
-            return
+                attempt = asyncio.ensure_future(self._handle(record))
+                try:
+                    await asyncio.shield(attempt)
+                except Exception as exc:
+                    attempts += 1
+                    since = self._stalls[record.offset].since if record.offset in self._stalls else time.monotonic()
+                    self._stalls[record.offset] = Stall(record.offset, f"{type(exc).__name__}: {exc}", attempts, since)
+                    self.stall = self._stalls[min(self._stalls)]
+                    log.exception(
+                        "lane.event_failed", partition=self.tp.partition, offset=record.offset, attempt=attempts,
+                        retry_in_s=delay,
+                    )  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_s)
+                    continue
+                except asyncio.CancelledError:
+                    attempt.cancel()  # abandoned by stop(): the event will be redone by whoever reads it next
+                    raise
+                if self._stalls.pop(record.offset, None) is not None:
+                    log.info("lane.recovered", partition=self.tp.partition, offset=record.offset, attempts=attempts + 1)
+                    self.stall = self._stalls[min(self._stalls)] if self._stalls else None
+                await self._finished(record)
+                return
+        finally:
+            self._running.pop(record.offset, None)
+            self._busy_keys.discard(record.key)
+            async with self._progress:
+                self._progress.notify_all()
 
-    async def _finish(self, record: Any) -> None:
-        await self._handle(record)
-        self.done = record.offset + 1
+    async def _finished(self, record: Any) -> None:
+        self._running.pop(record.offset, None)
+        self._finished_through = max(self._finished_through, record.offset)
+        # The earliest event still in flight holds the commit back; with none, everything received so far
+        # that was started is done.
+        self.done = min(self._running) if self._running else self._finished_through + 1
         async with self._progress:
             self._progress.notify_all()
 
     async def stop(self, grace_s: float) -> None:
-        """Stop taking work; let the in-flight event finish within `grace_s`, else abandon it.
+        """Stop taking work; let the in-flight events finish within `grace_s`, else abandon them.
 
         Queued events are dropped: they were never committed, so whoever owns
         the partition next reads them again from the committed offset.
         """
         self._stopping = True
-        current = self._current
-        if current is not None:
-            done, _ = await asyncio.wait([current], timeout=grace_s)
-            if not done:
-                log.warning("lane.abandoning_event", partition=self.tp.partition, grace_s=grace_s)
-                current.cancel()
-                # Its failure, if any, is the cancellation we asked for; the event will be redone.
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await current
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        running = list(self._running.values())
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace_s)
+            if late:
+                log.warning("lane.abandoning_event", partition=self.tp.partition, grace_s=grace_s, events=len(late))
+                for task in late:
+                    task.cancel()
+                # Their failure, if any, is the cancellation we asked for; the events will be redone.
+                await asyncio.gather(*late, return_exceptions=True)

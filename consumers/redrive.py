@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -37,6 +38,8 @@ class Redrive:
     """What one run found and did."""
 
     redriven: list[ReplicationEvent] = field(default_factory=list)
+    #: the dead letters behind `redriven`, with why each event was given up on
+    letters: list[DeadLetter] = field(default_factory=list)
     #: (offset, why) of letters for this region that cannot be put back
     unredrivable: list[tuple[int, str]] = field(default_factory=list)
 
@@ -127,6 +130,7 @@ def redrivable(letter: tuple[int, bytes | None], region: str, result: Redrive) -
     except ValidationError as exc:
         result.unredrivable.append((offset, f"the dead letter's event is invalid: {describe(exc)}"))
         return None
+    result.letters.append(dead)
     return event.model_copy(update={"region": region})
 
 
@@ -134,6 +138,20 @@ def _target(event: ReplicationEvent) -> str:
     tag = f":{event.tag}" if event.tag else ""
     digest = f"@{event.digest.short}" if event.digest else ""
     return f"{event.repository}{tag}{digest}"
+
+
+def as_json(result: Redrive, region: str, dry_run: bool) -> dict[str, Any]:
+    """What a run did (or would do), for machines: each letter's event and why it was given up on."""
+    return {
+        "region": region,
+        "dry_run": dry_run,
+        "redriven": [
+            {"event_id": event.id, "image": _target(event), "reason": letter.reason, "error": letter.error,
+             "attempts": letter.attempts, "failed_at": letter.failed_at.isoformat()}
+            for event, letter in zip(result.redriven, result.letters, strict=True)
+        ],
+        "unredrivable": [{"offset": offset, "why": why} for offset, why in result.unredrivable],
+    }  # fmt: skip
 
 
 def summary(result: Redrive, region: str, dry_run: bool) -> str:

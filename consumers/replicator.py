@@ -81,8 +81,10 @@ class ReplicatorService:
         self._spawn = spawn
         #: the reconciliation loop of this definition, if it runs (it reads `consumer` and `lanes`)
         self.reconciler: Reconciler | None = None
-        #: ids of events replicated here lately: with two webhooks, every event arrives twice
-        self._replicated = RecentIds(settings.replicator.dedupe_window)
+        #: ids of events finished here lately (replicated, skipped or dead-lettered): with two webhooks, every
+        #: event arrives twice
+        self._finished = RecentIds(settings.replicator.dedupe_window)
+        self._committed_at = 0.0
 
     def problems(self) -> list[Problem]:
         return lane_problems(self.region, list(self.lanes.values()))
@@ -112,7 +114,12 @@ class ReplicatorService:
                     paused.discard(tp)
                     if tp in consumer.assignment():
                         consumer.resume(tp)
-                await self._commit(consumer)
+                # Every commit is a Kafka request: under load, at most one per interval (a crash replays a little
+                # more, which is harmless); once the lanes are idle, at once, so that lag reads 0 when all is done.
+                # Releasing partitions and stopping commit at once too.
+                idle = all(lane.idle for lane in self.lanes.values())
+                if idle or time.monotonic() - self._committed_at >= self.tuning.commit_interval_s:
+                    await self._commit(consumer)
         finally:
             await self.release(set(self.lanes))
             with contextlib.suppress(*KAFKA_ERRORS):
@@ -127,6 +134,9 @@ class ReplicatorService:
             listener=_Rebalance(self),
             # A region outage stalls lanes, not the poll loop; this only bounds a hung process.
             max_poll_interval_ms=600_000,
+            # aiokafka's default, not the idle readers' longer wait: a partition resumed after back-pressure
+            # is fetched again within this.
+            fetch_max_wait_ms=500,
         )  # fmt: skip
 
     async def _connect(self, stop: asyncio.Event) -> AIOKafkaConsumer | None:
@@ -171,7 +181,7 @@ class ReplicatorService:
 
     def _open_lane(self, tp: Any) -> Lane:
         lane = Lane(
-            tp, self.handle, self.tuning.partition_buffer,
+            tp, self.handle, self.tuning.partition_buffer, concurrency=self.tuning.lane_concurrency,
             retry_initial_s=self.tuning.retry_initial_s, retry_max_s=self.tuning.retry_max_s,
             **({} if self._spawn is None else {"spawn": self._spawn}),
         )  # fmt: skip
@@ -193,6 +203,7 @@ class ReplicatorService:
         if not pending:
             return
         offsets = {tp: lane.done for tp, lane in pending.items()}
+        self._committed_at = time.monotonic()
         try:
             await consumer.commit(offsets)
         except KAFKA_ERRORS as exc:
@@ -213,8 +224,9 @@ class ReplicatorService:
             return
         if event.region is not None and event.region != self.region:
             return  # a redrive or repair for another region: not ours, and no record of ours either
-        if event.id in self._replicated:
-            # A second delivery (two webhooks each publish every event): done already, and recorded.
+        if event.region is None and event.id in self._finished:
+            # A second delivery (two webhooks each publish every event): done already, and recorded. Events
+            # addressed to this region (a redrive keeps its event's id) are asked for on purpose: never skipped.
             metrics.EVENTS.labels(self.region, "duplicate").inc()
             self.log.info("replicate.duplicate", event_id=event.id, partition=record.partition, offset=record.offset)
             return
@@ -254,12 +266,12 @@ class ReplicatorService:
             bound.error("replicate.dead_lettered", attempts=attempts, reason=reason, error=str(exc))
             await self._dead_letter(record, event, exc, attempts)
             await self._record(event, Status.DEAD_LETTERED, attempts, started, error=f"{reason}: {exc}")
+            self._finished.add([event.id])
             return
         finally:
             metrics.IN_FLIGHT.labels(self.region).dec()
         await self._record(event, outcome.status, attempts, started, outcome=outcome)
-        if outcome.status is Status.SUCCEEDED:
-            self._replicated.add([event.id])
+        self._finished.add([event.id])
         bound.info(
             "replicate.done",
             status=outcome.status.value,

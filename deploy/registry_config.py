@@ -50,7 +50,12 @@ def registry_config(
     primary: dict[str, Any] | None = None,
     http_secret: str | None = None,
     anonymous: bool = False,
+    host: str | None = None,
 ) -> dict[str, Any]:
+    """The region's registry configuration. From the primary's it takes `auth` (the same users and tokens),
+    `http.tls` (the same certificate paths: mount there a certificate valid for the name clients use in
+    this region, see the README's front door) and `http.host` (replaced by `host`, the region's own URL,
+    when given: with per-region names it is the region's, with one geo-DNS name the primary's is right)."""
     auth = (primary or {}).get("auth")
     if not auth and not anonymous:
         where = "the primary's configuration has no auth section" if primary else "no --primary-config given"
@@ -73,6 +78,11 @@ def registry_config(
         s3["rootdirectory"] = "/" + replica.prefix
     # Several instances of one region's registry must share the secret: generate the file once per region.
     http: dict[str, Any] = {"addr": listen, "secret": http_secret or secrets.token_urlsafe(32)}
+    primary_http = (primary or {}).get("http") or {}
+    if host or primary_http.get("host"):
+        http["host"] = host or primary_http["host"]
+    if primary_http.get("tls"):
+        http["tls"] = primary_http["tls"]
     config: dict[str, Any] = {
         "version": "0.1",
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},

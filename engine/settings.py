@@ -78,6 +78,9 @@ class KafkaSettings(_Part):
     #: is not lost to a region that was down longer: the reconciliation loop repairs it.
     events_retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=-1)
     request_timeout_ms: int = Field(15_000, ge=1000)
+    #: how long a producer waits to gather messages into one request (each request costs the brokers TLS
+    #: and bookkeeping; under load a few ms of waiting fills requests)
+    linger_ms: int = Field(5, ge=0)
 
     @property
     def min_insync_replicas(self) -> int:
@@ -161,6 +164,9 @@ class ReplicatorSettings(_Part):
     buffer_bytes: int = Field(32 * MiB, ge=5 * MiB)
     #: records buffered per partition before the partition is paused
     partition_buffer: int = Field(200, ge=1)
+    #: events of one partition replicated at once (of different repositories: one repository's events
+    #: always run one after another, in order)
+    lane_concurrency: int = Field(8, ge=1)
     retry_initial_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
     #: on rebalance or SIGTERM, how long in-flight events may run before they are abandoned
@@ -178,6 +184,9 @@ class ReplicatorSettings(_Part):
     #: copies waiting for buffer room while none has been given back for this long is a health problem
     #: (a leak, or a copy hung for good): /healthz answers 503 and names the held bytes
     budget_stall_s: float = Field(300.0, gt=0)
+    #: how often finished events' offsets are committed (each commit is a Kafka request; a crash replays
+    #: what was finished since the last one, which is harmless)
+    commit_interval_s: float = Field(1.0, ge=0)
     #: ids of events replicated lately that a second delivery is recognised by (two webhooks publish each
     #: event twice); a duplicate older than this is replicated again, which is harmless
     dedupe_window: int = Field(10000, ge=0)

@@ -90,17 +90,24 @@ async def _topics(settings: Settings, args: argparse.Namespace) -> int:
     from adapters.kafka import ensure_topics
 
     await ensure_topics(settings.kafka, always=True)
-    print(f"topics ready on {settings.kafka.bootstrap_servers}")
+    if args.json:
+        print(orjson.dumps({"bootstrap_servers": settings.kafka.bootstrap_servers, "ready": True}).decode())
+    else:
+        print(f"topics ready on {settings.kafka.bootstrap_servers}")
     return 0
 
 
 async def _redrive(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.redrive import redrive, summary
+    from consumers.redrive import as_json, redrive, summary
 
     parse_region(args.region)
     # Event ids and errors in dead letters came from outside: nothing in them may drive the terminal.
-    result = await redrive(settings, args.region, dry_run=args.dry_run, say=lambda line: print(clean(line)))
-    print(summary(result, args.region, args.dry_run))
+    say = (lambda _: None) if args.json else (lambda line: print(clean(line)))
+    result = await redrive(settings, args.region, dry_run=args.dry_run, say=say)
+    if args.json:
+        print(orjson.dumps(as_json(result, args.region, args.dry_run)).decode())
+    else:
+        print(summary(result, args.region, args.dry_run))
     return 0
 
 
@@ -133,6 +140,7 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from consumers.logstore import add_logs_arguments
     from georep.control_cli import add_arguments as add_control_arguments
+    from georep.image_cli import add_arguments as add_image_arguments
 
     parser = argparse.ArgumentParser(prog="georep", description="Geo-replication for container registries.")
     parser.add_argument("--config", help=f"TOML settings file (default: ${CONFIG_ENV})")
@@ -156,11 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs.set_defaults(run=_logs)
 
     topics = sub.add_parser("topics", help="create georep's Kafka topics if missing")
+    topics.add_argument("--json", action="store_true", help="the outcome as one JSON document")
     topics.set_defaults(run=_topics)
 
     redrive = sub.add_parser("redrive", help="re-publish a region's dead letters once their cause is fixed")
     redrive.add_argument("--region", required=True)
     redrive.add_argument("--dry-run", action="store_true", help="list what would be redriven, change nothing")
+    redrive.add_argument("--json", action="store_true", help="what was (or would be) redriven, as one JSON document")
     redrive.set_defaults(run=_redrive)
 
     verify = sub.add_parser("verify", help="compare a region with the primary; exit 1 if they differ")
@@ -183,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.set_defaults(run=_reconcile)
 
     add_control_arguments(sub)
+    add_image_arguments(sub)
     return parser
 
 

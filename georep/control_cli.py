@@ -132,7 +132,8 @@ async def _registry_config(settings: Settings, args: argparse.Namespace) -> int:
     replica = ReplicaDefinition.model_validate(doc["replica"])
     primary = load_primary_config(Path(args.primary_config)) if args.primary_config else None
     config = render(
-        registry_config(replica, listen=args.listen, primary=primary, anonymous=args.anonymous), as_json=args.json
+        registry_config(replica, listen=args.listen, primary=primary, anonymous=args.anonymous, host=args.host),
+        as_json=args.json,
     )
     if args.output:
         await asyncio.to_thread(Path(args.output).write_text, config)
@@ -230,7 +231,7 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> int:
                 bar = bars.add_task("walk", total=None, extra="")
 
                 def show(c: Checkpoint) -> None:
-                    if args.json:
+                    if args.json and not args.dry_run:  # a dry run has no checkpoint to report: only its plan
                         print(c.to_json().decode(), flush=True)
                     bars.update(bar, total=c.repositories_total or None, completed=c.repositories_done,
                                 extra=f"{c.tags_published} tags, {decimal(c.bytes_published)}")  # fmt: skip
@@ -242,21 +243,51 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> int:
         if publisher is not None:
             await publisher.close()
     if args.dry_run:
-        _planned(job.planned, args.json)
+        lacking, checked = await _lacking(settings, args.region, job.planned)
+        _planned(lacking, len(job.planned), checked, args.json)
     elif not args.json:
         print(f"published {done.tags_published} tags ({decimal(done.bytes_published)}) for {args.region}")
     return 0
 
 
-def _planned(planned: list[Any], as_json: bool) -> None:
+async def _lacking(settings: Settings, region: str, planned: list[Any]) -> tuple[list[Any], str | None]:
+    """The planned tags the region does not already serve at the primary's digest (its current link and the
+    manifest's revision link, read from its bucket), and None; or all of them and why the region was not read."""
+    from adapters.store import RegionStore
+    from consumers.regions import lookup_region
+    from engine.digest import Digest
+    from engine.errors import GeorepError
+    from engine.layout import link_body
+    from engine.names import Repository, Tag
+
+    async def served(p: Any) -> bool:
+        repository, digest = Repository.parse(p.repository), Digest.parse(p.digest)
+        link = await store.get(layout.tag_current_link(repository, Tag.parse(p.tag)))
+        return link == link_body(digest) and await store.exists(layout.revision_link(repository, digest))
+
+    try:
+        region_settings, _ = await lookup_region(settings, region, "backfill-cli")
+        layout = region_settings.layout
+        async with RegionStore.open(region_settings) as store:
+            found = await asyncio.gather(*(served(p) for p in planned))
+    except GeorepError as exc:
+        return planned, f"{region}'s bucket was not read ({exc}): this lists everything the primary has"
+    return [p for p, there in zip(planned, found, strict=True) if not there], None
+
+
+def _planned(planned: list[Any], walked: int, unchecked: str | None, as_json: bool) -> None:
     if as_json:
-        print(orjson.dumps({"would_publish": [p.model_dump() for p in planned]}).decode())
+        doc = {"would_publish": [p.model_dump() for p in planned], "tags_walked": walked, "region_read": not unchecked}
+        print(orjson.dumps(doc | ({"note": unchecked} if unchecked else {})).decode())
         return
-    table = Table("repository", "tag", "digest", "new bytes", title="backfill --dry-run: would replicate")
+    if unchecked:
+        print(f"note: {unchecked}", file=sys.stderr)
+    table = Table("repository", "tag", "digest", "new bytes", title="backfill --dry-run: the region lacks")
     for p in sorted(planned, key=lambda p: (p.repository, p.tag)):
         table.add_row(shown(p.repository), shown(p.tag), p.digest[:19], decimal(p.bytes))
     Console(width=140).print(table)
-    print(f"{len(planned)} tags, {decimal(sum(p.bytes for p in planned))}; nothing was published")
+    have = "" if unchecked else f" ({walked - len(planned)} of {walked} walked are there already)"
+    print(f"{len(planned)} tags, {decimal(sum(p.bytes for p in planned))}{have}; nothing was published")
 
 
 # -- status ---------------------------------------------------------------------------------------
@@ -273,6 +304,12 @@ async def status(settings: Settings, args: argparse.Namespace) -> int:
         _image_table(doc)
     else:
         _status_table(doc)
+    if args.image and doc["digest"] is None:
+        print(f"georep status: {shown(args.image)} is not on the primary", file=sys.stderr)
+        return 1
+    alone = [r["region"] for r in doc.get("regions", []) if r.get("replicators") == 0]
+    if alone and not args.image:
+        print(f"georep status: no replicator is running for {', '.join(alone)}", file=sys.stderr)
     return 0
 
 
@@ -283,19 +320,26 @@ def _seconds(value: float | None) -> str:
 def _status_table(doc: dict[str, Any]) -> None:
     window = doc["regions"][0]["latency_window_s"] // 60 if doc["regions"] else 5
     table = Table(
-        "region", "lag", "oldest pending", "replicated", "bytes", "retrying", "dead", "p50", "p99", "backfill",
-        "reconciled", title=f"replication status (latency over the last {window} min)",
+        "region", "replicators", "lag", "oldest pending", "replicated", "bytes", "retrying", "dead", "p50", "p99",
+        "backfill", "reconciled", title=f"replication status (latency over the last {window} min)",
     )  # fmt: skip
     for r in doc["regions"]:
         b = r.get("backfill")
         backfill = "-" if not b else f"{b['state']} {b['replicated']}/{b['tags_published']} tags"
         table.add_row(
-            r["region"], "?" if r["lag_events"] is None else str(r["lag_events"]), _seconds(r["oldest_pending_s"]),
+            r["region"], _replicators(r.get("replicators")),
+            "?" if r["lag_events"] is None else str(r["lag_events"]), _seconds(r["oldest_pending_s"]),
             str(r["events_replicated"]), decimal(r["bytes_replicated"]), str(r["retrying"]), str(r["dead_lettered"]),
             _seconds(r["latency_p50_s"]), _seconds(r["latency_p99_s"]), shown(backfill),
             shown(_reconciled(r.get("reconcile"))),
         )  # fmt: skip
-    Console(width=160).print(table)
+    Console(width=180).print(table)
+
+
+def _replicators(count: int | None) -> Text:
+    if count is None:
+        return Text("?")
+    return Text("none", style="bold red") if count == 0 else Text(str(count))
 
 
 def _reconciled(last: dict[str, Any] | None) -> str:
@@ -331,9 +375,15 @@ def add_arguments(sub: Any) -> None:
     create.add_argument("--endpoint", required=True, help="the region's S3 endpoint URL")
     create.add_argument("--bucket", required=True)
     create.add_argument("--prefix", default="", help="root prefix inside the bucket")
-    create.add_argument("--s3-region", default="us-east-1")
+    create.add_argument(
+        "--s3-region", default="us-east-1",
+        help="the bucket's signing region (AWS: where the bucket is, such as ap-northeast-1); default us-east-1",
+    )  # fmt: skip
     create.add_argument("--registry", help="host:port of the region's read-only registry")
-    create.add_argument("--credentials-ref", required=True, help="env:PREFIX or file:/path: where the keys are")
+    create.add_argument(
+        "--credentials-ref", required=True,
+        help="where the keys are: env:PREFIX, file:/path, or aws:default (the AWS SDK's chain: IRSA, instance role)",
+    )  # fmt: skip
     create.add_argument("--no-deletes", action="store_true", help="keep content deleted on the primary")
     create.add_argument("--include", action="append", default=[], metavar="REPO[:TAG]", help="glob; repeatable")
     create.add_argument("--exclude", action="append", default=[], metavar="REPO[:TAG]", help="glob; repeatable")
@@ -347,6 +397,9 @@ def add_arguments(sub: Any) -> None:
     config.add_argument("region")
     config.add_argument("--primary-config", help="the primary registry's config: its auth section is copied")
     config.add_argument("--listen", default="0.0.0.0:5000", help="address the registry listens on")
+    config.add_argument(
+        "--host", help="the URL clients reach this region's registry at (http.host); default: the primary's"
+    )
     config.add_argument(
         "--anonymous", action="store_true", help="no auth section: the region serves every image to anyone"
     )

@@ -26,6 +26,7 @@ _STATUS_STYLE: Final = {
 _COLUMNS: Final = (
     ("finished", 20),
     ("region", 12),
+    ("action", 6),
     ("repository", 28),
     ("tag", 16),
     ("digest", 19),
@@ -66,6 +67,7 @@ def _cells(record: ReplicationRecord) -> list[str | Text]:
     return [
         record.finished_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
         record.region,
+        record.action.value,
         shown(record.repository),
         "" if record.tag is None else shown(record.tag),
         "" if record.digest is None else record.digest.short,

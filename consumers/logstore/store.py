@@ -33,6 +33,8 @@ from engine.events import ReplicationRecord
 from engine.settings import ConfigError
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: status percentiles are taken over at most this many of the latest pushes in their window
+LATENCY_SAMPLES: Final = 10_000
 #: bumped when the schema changes; an older file is rebuilt from the topic (the store is a cache of it)
 _SCHEMA_VERSION: Final = 2
 
@@ -314,16 +316,29 @@ class LogStore:
         async with reader.execute(sql, args) as cursor:
             return _totals(await cursor.fetchall())
 
-    async def lags_ms(self, region: str, since: datetime) -> list[int]:
-        """Push-to-pullable times of live pushes (not backfill, not deletes) that succeeded in `region` since then."""
+    async def lags_ms(self, region: str, since: datetime, most: int = LATENCY_SAMPLES) -> list[int]:
+        """Push-to-pullable times of live pushes (not backfill, not deletes) that succeeded in `region` since then,
+        ascending: the latest `most` of them, so that a burst does not make every status read slow."""
         _, reader = self._connections()
         sql = (
             "SELECT lag_ms FROM records WHERE region = ? AND finished_us >= ? AND status = 'succeeded'"
-            " AND action = 'push' AND source != 'backfill' AND lag_ms IS NOT NULL"
+            " AND action = 'push' AND source != 'backfill' AND lag_ms IS NOT NULL ORDER BY finished_us DESC LIMIT ?"
+        )
+        async with reader.execute(sql, [region, to_micros(since), most]) as cursor:
+            rows = await cursor.fetchall()
+        return sorted(int(row[0]) for row in rows)
+
+    async def lag_series(self, region: str, since: datetime) -> list[tuple[float, int]]:
+        """(unix time finished, push-to-pullable ms) of the same pushes as `lags_ms`, oldest first: the console's
+        latency chart."""
+        _, reader = self._connections()
+        sql = (
+            "SELECT finished_us, lag_ms FROM records WHERE region = ? AND finished_us >= ? AND status = 'succeeded'"
+            " AND action = 'push' AND source != 'backfill' AND lag_ms IS NOT NULL ORDER BY finished_us"
         )
         async with reader.execute(sql, [region, to_micros(since)]) as cursor:
             rows = await cursor.fetchall()
-        return sorted(int(row[0]) for row in rows)
+        return [(int(row[0]) / 1e6, int(row[1])) for row in rows]
 
     async def count(self) -> int:
         _, reader = self._connections()

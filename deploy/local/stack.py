@@ -698,7 +698,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  primary registry  {info['primary']}  (notifications → {', '.join(info['webhooks'])})")
     for name, region in info["regions"].items():
         print(f"  {name:<16}  registry {region['registry']}  s3 {region['s3']}/{region['bucket']}")
-    print(f"  georep API        {', '.join(info['apis'])}  (/logs, /replicas, /status)")
+    print(f"  georep API        {', '.join(info['apis'])}  (/logs, /replicas, /status; the console at /ui)")
     print(f"  tokens            webhook_token and api_token in {root / STACK_FILE} (mode 0600)")
     print(f"  logs              {root / 'logs'}")
     print(f"\nexport GEOREP_CONFIG={info['config']}")

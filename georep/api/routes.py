@@ -31,9 +31,9 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from engine.digest import Digest
 from engine.errors import CatalogUnavailable, InvalidInput, KafkaUnavailable, UpstreamUnavailable
-from engine.names import Repository, Tag, parse_region
+from engine.names import parse_region
+from engine.references import parse_image
 from engine.replicas import ReplicaDefinition, ReplicaRefused
 from georep.api.control import Control
 from georep.api.forward import FORWARDED, Forwarder
@@ -66,15 +66,6 @@ def _refused(exc: Exception, invalid: str) -> web.Response:
     if isinstance(exc, InvalidInput):
         return _error(invalid, str(exc), 400)
     return _error("kafka-unavailable", str(exc), 503)
-
-
-def parse_image(text: str) -> tuple[Repository, Tag | None, Digest | None]:
-    """`repo:tag` or `repo@sha256:…` (a bare `repo` means `repo:latest`)."""
-    if "@" in text:
-        name, _, digest = text.partition("@")
-        return Repository.parse(name), None, Digest.parse(digest)
-    name, _, tag = text.partition(":")
-    return Repository.parse(name), Tag.parse(tag or "latest"), None
 
 
 #: reads that make georep ask the primary with its own credentials: open, they would tell anyone which private

@@ -26,16 +26,21 @@ from consumers.logstore.store import LogStore
 from engine.settings import Settings
 from georep.api.control import Control
 from georep.api.routes import add_control_routes
+from georep.console.app import add_console
+from georep.console.history import LagHistory
 
 log = structlog.get_logger(__name__)
 
 
-def api_app(settings: Settings, store: LogStore, control: Control, health: Health) -> web.Application:
-    """Every route of the API: the log's queries, health, the control plane."""
+def api_app(
+    settings: Settings, store: LogStore, control: Control, health: Health, history: LagHistory | None = None
+) -> web.Application:
+    """Every route of the API: the log's queries, health, the control plane, the console."""
     health.needs("replicas read from Kafka", lambda: control.loaded)
     app = build_app(store)
     health.add_routes(app)
     add_control_routes(app, control, settings.logstore.api_token)
+    add_console(app, settings, store, control, history or LagHistory(control.status))
     return app
 
 
@@ -53,12 +58,14 @@ async def serve_logstore(settings: Settings, stop: asyncio.Event) -> None:
             "leading": control.leading,
             "leader": control.leadership.url if control.leading else control.leadership.leader_url(),
         }
-        app = api_app(settings, store, control, health)
+        history = LagHistory(control.status)
+        app = api_app(settings, store, control, health, history)
         runner = await start_http(app, settings.logstore.host, settings.logstore.port)
         try:
             async with Supervisor(health, stop).running() as tasks:
                 tasks.spawn("log-ingest", ingest.run(stop))
                 tasks.spawn("control-plane", control.run(stop))
+                tasks.spawn("console-lag-history", history.run(stop))
                 tasks.spawn("kafka-probe", KafkaMonitor(health, settings.kafka.bootstrap_servers, probe).run(stop))
         finally:
             # HTTP goes first, so that no request reaches a closed database.

@@ -40,6 +40,7 @@ LATENCY_WINDOW: Final = timedelta(minutes=5)
 LAG = Gauge(
     "georep_region_lag_events", "Events on the events topic that the region's group has not committed", ["region"]
 )
+REPLICATORS = Gauge("georep_region_replicators", "Consumers in the region's replicator group", ["region"])
 OLDEST = Gauge("georep_region_oldest_pending_seconds", "Age of the oldest event not yet replicated", ["region"])
 LATENCY = Gauge("georep_region_latency_seconds", "Push-to-pullable over the last 5 minutes", ["region", "quantile"])
 BACKFILL_TAGS = Gauge("georep_backfill_tags_published", "Tags a region's backfill has published", ["region"])
@@ -103,6 +104,15 @@ class EventsLag:
             age = None if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
             return lag, age
 
+    async def members(self, region: str) -> int:
+        """How many consumers are in the region's replicator group now (0: nothing replicates the region)."""
+        async with self._lock:
+            if self._admin is None:
+                self._admin = await started(new_admin(self._kafka, "api"))
+            answers = await self._admin.describe_consumer_groups([topics.replicator_group(region)])
+        # DescribeGroups v0+: groups = [(error_code, group_id, state, protocol_type, protocol, members, ...)]
+        return sum(len(group[5]) for answer in answers for group in answer.groups)
+
     async def _committed(self, region: str) -> dict[TopicPartition, int]:
         if self._admin is None:
             self._admin = await started(new_admin(self._kafka, "api"))
@@ -158,11 +168,13 @@ async def region_status(
     checkpoint: Checkpoint | None,
     passes: Iterable[ReconcilePass] = (),
 ) -> dict[str, Any]:
+    replicators: int | None
     try:
         pending, oldest_s = await lag.region(region)
+        replicators = await lag.members(region)
     except KAFKA_ERRORS as exc:
         log.warning("status.kafka_unavailable", region=region, error=str(exc))
-        pending, oldest_s = None, None
+        pending, oldest_s, replicators = None, None, None
     totals = await store.totals(region)
     lags = await store.lags_ms(region, utcnow() - LATENCY_WINDOW)
     p50, p99 = percentile(lags, 50), percentile(lags, 99)
@@ -170,6 +182,9 @@ async def region_status(
         "region": region,
         "lag_events": pending,
         "oldest_pending_s": None if oldest_s is None else round(oldest_s, 3),
+        #: consumers in the region's replicator group: 0 means nothing replicates it (none running, or none
+        #: can reach Kafka); None if Kafka did not say
+        "replicators": replicators,
         "events_replicated": totals[Status.SUCCEEDED],
         "bytes_replicated": totals.bytes_copied,
         "skipped": totals[Status.SKIPPED],
@@ -182,6 +197,8 @@ async def region_status(
         "backfill": await backfill_status(region, store, checkpoint),
         "reconcile": reconcile_status(region, passes),
     }
+    if replicators is not None:
+        REPLICATORS.labels(region).set(replicators)
     if pending is not None:
         LAG.labels(region).set(pending)
         OLDEST.labels(region).set(oldest_s or 0)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local import stack
-from tests.bench import ceilings, scenarios
+from tests.bench import ceilings, costs, scenarios
 from tests.bench.harness import Bench
 from tests.bench.report import latency_stats, markdown, plot, summary
 
@@ -43,7 +43,21 @@ def machine() -> str:
 async def run_all(bench: Bench, runs: int, quick: bool) -> dict[str, Any]:
     big, big_size, small = (2, 64 * ceilings.MiB, 20) if quick else (8, 128 * ceilings.MiB, 200)
     raw: dict[str, list[Any]] = {
-        k: [] for k in ("sha", "read", "s3", "georep", "skopeo", "two", "hot", "latency", "latency_low")
+        k: []
+        for k in (
+            "sha",
+            "read",
+            "s3",
+            "georep",
+            "skopeo",
+            "two",
+            "hot",
+            "latency",
+            "latency_low",
+            "cpu",
+            "webhook",
+            "client",
+        )
     }
     for run in range(1, runs + 1):
         tag = f"r{run}-{int(time.time())}"
@@ -62,6 +76,12 @@ async def run_all(bench: Bench, runs: int, quick: bool) -> dict[str, Any]:
         _say(f"run {run}: georep bulk, 2 replicators/region: {raw['two'][-1]['mb_s']:.0f} MB/s")
         raw["hot"].append(await scenarios.hot_path(bench, tag, events=400 if quick else 1000))
         _say(f"run {run}: hot path {raw['hot'][-1]}")
+        raw["cpu"].append(await costs.cpu_per_image(bench, tag, images=20 if quick else 60))
+        _say(f"run {run}: CPU per new small image, replicator / S3 server: {raw['cpu'][-1]['ratio']:.2f}")
+        raw["client"].append(await costs.client_cost(bench, tag, requests=200 if quick else 1000))
+        _say(f"run {run}: S3 client CPU per request, aiobotocore / obstore: {raw['client'][-1]['ratio']:.2f}")
+        raw["webhook"].append(await costs.webhook_rate(bench, tag, events=2000 if quick else 10000))
+        _say(f"run {run}: webhook {raw['webhook'][-1]['events_s']:.0f} events/s, one event per request")
         raw["latency"].append(await scenarios.latency(bench, tag, seconds=10 if quick else 60))
         p99 = {r: latency_stats(s)["p99"] for r, s in raw["latency"][-1]["samples"].items()}
         _say(f"run {run}: latency at 10/s p99 {p99}")
@@ -70,6 +90,10 @@ async def run_all(bench: Bench, runs: int, quick: bool) -> dict[str, Any]:
         _say(f"run {run}: latency at 2/s p99 {p99}")
     memory = await scenarios.memory(bench, "mem", next(iter(bench.regions)), quick=quick)
     _say(f"memory: {memory}")
+    ingest = await costs.logstore_ingest(bench, "ingest", records=20_000 if quick else 100_000)
+    _say(f"log store ingest: {ingest['records_s']:.0f} records/s")
+    queries = await costs.logstore_queries(bench, "queries", records=100_000 if quick else 1_000_000)
+    _say(f"log store queries: {queries}")
 
     gib = raw["georep"][0]["bytes"] / len(bench.regions) / 2**30
     georep_s = summary([r["seconds"] for r in raw["georep"]])
@@ -117,7 +141,28 @@ async def run_all(bench: Bench, runs: int, quick: bool) -> dict[str, Any]:
             "samples": low,
         },
         "memory": memory,
-    }
+        "costs": {
+            "cpu_per_image": {
+                "ratio": summary([r["ratio"] for r in raw["cpu"]]),
+                "replicator_ms": summary([statistics.median(x["replicator_ms"] for x in r["per_region"].values())
+                                          for r in raw["cpu"]]),
+                "s3_ms": summary([statistics.median(x["s3_ms"] for x in r["per_region"].values())
+                                  for r in raw["cpu"]]),
+                "runs": raw["cpu"],
+            },
+            "client": {
+                "ratio": summary([r["ratio"] for r in raw["client"]]),
+                "aiobotocore_ms": summary([r["aiobotocore_ms_per_request"] for r in raw["client"]]),
+                "obstore_ms": summary([r["obstore_ms_per_request"] for r in raw["client"]]),
+            },
+            "webhook": {
+                "events_s": summary([r["events_s"] for r in raw["webhook"]]),
+                "cpu_ms_per_event": summary([r["webhook_cpu_ms_per_event"] for r in raw["webhook"]]),
+            },
+            "logstore_ingest": ingest,
+            "logstore_queries": queries,
+        },
+    }  # fmt: skip
 
 
 def _say(text: str) -> None:

@@ -8,6 +8,7 @@ processes, and georep's webhook, log store and replicators: the same processes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -146,6 +147,19 @@ class Stack(stack.Running):
                     refused = exc
         raise AssertionError(f"no georep API process answered {method} {path}: {refused}")
 
+    async def own_bucket(self, bucket: str) -> tuple[str, str]:
+        """A new bucket on ap-singapore's S3 server and a key file for it: (endpoint, credentials_ref)."""
+        base = self.regions["ap-singapore"]
+        async with aioboto3.Session().client(
+            "s3", endpoint_url=base["s3"], aws_access_key_id=base["access_key"],
+            aws_secret_access_key=base["secret_key"], region_name="us-east-1",
+        ) as s3:  # fmt: skip
+            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):  # made by an earlier test
+                await s3.create_bucket(Bucket=bucket)
+        keys = self.root / "credentials" / f"{bucket}.json"
+        keys.write_text(json.dumps({"access_key": base["access_key"], "secret_key": base["secret_key"]}))
+        return base["s3"], f"file:{keys}"
+
     @asynccontextmanager
     async def extra_region(
         self, name: str, slot: int, *, env: dict[str, str] | None = None, **options: Any
@@ -155,18 +169,12 @@ class Stack(stack.Running):
         registry-config`; deleted after. `add_replicator` starts more replicators of the region."""
         base = self.regions["ap-singapore"]
         bucket = f"georep-{name}"
-        async with aioboto3.Session().client(
-            "s3", endpoint_url=base["s3"], aws_access_key_id=base["access_key"],
-            aws_secret_access_key=base["secret_key"], region_name="us-east-1",
-        ) as s3:  # fmt: skip
-            await s3.create_bucket(Bucket=bucket)
-        keys = self.root / "credentials" / f"{name}.json"
-        keys.write_text(json.dumps({"access_key": base["access_key"], "secret_key": base["secret_key"]}))
+        endpoint, credentials_ref = await self.own_bucket(bucket)
         base_port = int(self.info["port_base"])
         registry = f"127.0.0.1:{base_port + 60 + slot}"
         request = {
-            "region": name, "endpoint": base["s3"], "bucket": bucket, "registry": registry,
-            "credentials_ref": f"file:{keys}", **options,
+            "region": name, "endpoint": endpoint, "bucket": bucket, "registry": registry,
+            "credentials_ref": credentials_ref, **options,
         }  # fmt: skip
         status, body = await self.api("POST", "/replicas", request)
         assert status == 201, body

@@ -74,10 +74,17 @@ async def test_status_counts_lag_latency_and_per_image_state_match_what_was_push
         return now if now["eu-frankfurt"]["lag_events"] == 6 else None  # 5 pushes and the blob delete
 
     stalled = await until(lagging, "eu-frankfurt's lag to count the six waiting events", 30)
+    # Nothing consumes eu-frankfurt's group now, and status says so (its lag alone would look like slowness).
+    assert (stalled["eu-frankfurt"]["replicators"], stalled["ap-singapore"]["replicators"]) == (0, 1)
+    code, out, err = await run_georep(live, "status")
+    assert code == 0, err
+    assert "no replicator is running for eu-frankfurt" in err
+    assert "none" in next(line for line in out.splitlines() if "eu-frankfurt" in line)
     age = stalled["eu-frankfurt"]["oldest_pending_s"]
     assert 0 < age <= time.time() - first_push + 1
     assert stalled["ap-singapore"]["lag_events"] == 0
-    state = await _image(live, f"{waiting}:w0")
+    # A full reference, as users copy it from a pull command, names the same image.
+    state = await _image(live, f"{live.primary}/{waiting}:w0")
     assert state["ap-singapore"]["state"] == "replicated"
     assert state["eu-frankfurt"]["state"] == "in-progress"
     async with aiohttp.ClientSession() as session, session.get(live.info["logs"] + "/metrics") as response:
@@ -114,6 +121,12 @@ async def test_status_counts_lag_latency_and_per_image_state_match_what_was_push
     assert code == 0
     assert "eu-frankfurt" in out
     assert "replication status" in out
+
+    # An image the primary does not have is an answer, but not a success.
+    code, out, err = await run_georep(live, "status", f"{waiting}:nope")
+    assert code == 1
+    assert f"{waiting}:nope is not on the primary" in err
+    assert "not-on-primary" in out
 
 
 async def _served_in(live: Stack, region: str, repo: str, tag: str, digest: str) -> None:

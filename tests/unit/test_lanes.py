@@ -1,4 +1,5 @@
-"""Partition lanes: strict order, and `done` never passes an event that did not finish."""
+"""Partition lanes: strict order per repository, concurrency across repositories, and `done` never passes an
+event that did not finish."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ async def test_stop_abandons_an_event_that_outlives_the_grace_period() -> None:
 
     lane = Lane(TP(), handle, buffer=100)
     lane.put(Record(7))
-    await until(lambda: lane._current is not None)
+    await until(lambda: bool(lane._running))
     await lane.stop(grace_s=0.05)
     assert cancelled.is_set()
     assert lane.done is None, "an abandoned event must never be committed"
@@ -133,7 +134,7 @@ async def test_full_and_drained_thresholds() -> None:
     lane = Lane(TP(), handle, buffer=4)
     for offset in range(6):
         lane.put(Record(offset))
-    await until(lambda: lane._current is not None)
+    await until(lambda: bool(lane._running))
     assert lane.full
     assert not lane.drained
     gate.set()
@@ -161,4 +162,62 @@ async def test_settled_returns_once_every_event_before_an_offset_is_done_and_key
     await asyncio.wait_for(waiting, 5)
     assert lane.done is not None
     assert lane.done >= 13
+    await lane.stop(grace_s=1)
+
+
+async def test_events_of_one_repository_run_in_order_and_of_others_at_once() -> None:
+    """Two repositories in one partition: each one's events one after another, in offset order; the two
+    repositories' events overlap. `done` waits for the earliest unfinished event, whichever finished first."""
+    running: set[bytes] = set()
+    overlapped = asyncio.Event()
+    order: dict[bytes, list[int]] = {b"team/a": [], b"team/b": []}
+    slow_a = asyncio.Event()
+
+    async def handle(record: Record) -> None:
+        assert record.key is not None
+        assert record.key not in running, "two events of one repository ran at once"
+        running.add(record.key)
+        if len(running) == 2:
+            overlapped.set()
+        try:
+            if record.offset == 0:
+                await slow_a.wait()  # team/a's first event is slow: team/b goes on meanwhile
+            else:
+                await asyncio.sleep(0.001)
+        finally:
+            running.discard(record.key)
+        order[record.key].append(record.offset)
+
+    lane = Lane(TP(), handle, buffer=100)
+    for offset in range(8):
+        lane.put(Record(offset, key=b"team/a" if offset % 2 == 0 else b"team/b"))
+    await asyncio.wait_for(overlapped.wait(), 5)
+    await until(lambda: lane.done == 0)  # team/b's event 1 is done; nothing passes team/a's unfinished 0
+    assert order == {b"team/a": [], b"team/b": [1]}
+    slow_a.set()
+    await until(lambda: lane.done == 8)
+    assert order == {b"team/a": [0, 2, 4, 6], b"team/b": [1, 3, 5, 7]}
+    await lane.stop(grace_s=1)
+
+
+async def test_concurrency_is_bounded() -> None:
+    running, most = 0, 0
+    gate = asyncio.Event()
+
+    async def handle(record: Record) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await gate.wait()
+        running -= 1
+
+    lane = Lane(TP(), handle, buffer=100, concurrency=3)
+    for offset in range(10):
+        lane.put(Record(offset, key=f"repo-{offset}".encode()))
+    await until(lambda: running == 3)
+    for _ in range(20):  # turns of the loop: room for a fourth to start, were the bound not kept
+        await asyncio.sleep(0)
+    assert most == 3
+    gate.set()
+    await until(lambda: lane.done == 10)
     await lane.stop(grace_s=1)

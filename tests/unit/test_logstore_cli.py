@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,16 +57,23 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-async def url(tmp_path: Path) -> AsyncIterator[str]:
-    async with LogStore(tmp_path / "log.sqlite3") as store:
-        await store.put_many([OLD, RECENT])
+@asynccontextmanager
+async def serving(path: Path, records: list[ReplicationRecord]) -> AsyncIterator[str]:
+    """The log store app on a store holding `records`; yields its URL."""
+    async with LogStore(path) as store:
+        await store.put_many(records)
         server = TestServer(build_app(store), host="127.0.0.1")
         await server.start_server()
         try:
             yield str(server.make_url("")).rstrip("/")
         finally:
             await server.close()
+
+
+@pytest.fixture
+async def url(tmp_path: Path) -> AsyncIterator[str]:
+    async with serving(tmp_path / "log.sqlite3", [OLD, RECENT]) as served:
+        yield served
 
 
 async def logs(url: str, *argv: str) -> int:
@@ -162,14 +170,18 @@ async def test_outside_text_in_a_record_cannot_drive_the_terminal_or_rich(
     hostile = record(
         "e3", "us-east", timedelta(minutes=1), status="failed", error="\x1b[2J[red]boom[/red] [link=http://x]y[/link]"
     )
-    async with LogStore(tmp_path / "log.sqlite3") as store:
-        await store.put_many([hostile])
-        server = TestServer(build_app(store), host="127.0.0.1")
-        await server.start_server()
-        try:
-            assert await logs(str(server.make_url("")).rstrip("/")) == 0
-        finally:
-            await server.close()
+    async with serving(tmp_path / "log.sqlite3", [hostile]) as served:
+        assert await logs(served) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out
     assert "?[2J[red]boom[/red]" in out
+
+
+async def test_the_table_says_which_records_are_deletes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deleted = record("e3", "ap-south", timedelta(minutes=1), action="delete", tag=None, blobs_total=0, bytes_copied=0)
+    async with serving(tmp_path / "log.sqlite3", [OLD, deleted]) as served:
+        assert await logs(served) == 0
+    out = capsys.readouterr().out
+    assert "action" in out.splitlines()[0]
+    assert " delete " in next(line for line in out.splitlines() if "ap-south" in line)
+    assert " push " in next(line for line in out.splitlines() if "eu-west" in line)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from consumers.redrive import Redrive, redrivable
+from consumers.redrive import Redrive, as_json, redrivable
 from engine.digest import Digest
 from engine.events import Action, DeadLetter, ReplicationEvent, Source
 from engine.names import Repository, Tag
@@ -69,3 +69,18 @@ def test_an_event_id_with_terminal_escapes_is_never_redriven_or_printed_raw() ->
     assert "id" in why
     assert "\x1b" not in clean(why)
     assert "\x07" not in clean(why)
+
+
+def test_json_names_each_letter_with_why_it_was_given_up_on() -> None:
+    result = Redrive()
+    event = redrivable((7, letter("eu-frankfurt")), "eu-frankfurt", result)
+    assert event is not None
+    result.redriven.append(event)
+    redrivable((8, b"not json"), "eu-frankfurt", result)
+    doc = as_json(result, "eu-frankfurt", dry_run=True)
+    assert doc["dry_run"] is True
+    assert doc["redriven"] == [{
+        "event_id": "evt-1", "image": "team/app:v1@sha256:aaaaaaaaaaaa", "reason": "not-found", "error": "gone",
+        "attempts": 1, "failed_at": NOW.isoformat(),
+    }]  # fmt: skip
+    assert [u["offset"] for u in doc["unredrivable"]] == [8]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -299,3 +300,19 @@ def test_registry_config_fails_closed_without_auth() -> None:
     with pytest.raises(ConfigError, match="no --primary-config"):
         registry_config(replica())
     assert "auth" not in registry_config(replica(), anonymous=True)
+
+
+def test_registry_config_keeps_the_primarys_tls_and_host_unless_the_region_has_its_own_name() -> None:
+    primary: dict[str, Any] = {
+        "http": {"addr": ":443", "host": "https://registry.example.com",
+                 "tls": {"certificate": "/certs/tls.crt", "key": "/certs/tls.key"}},
+        "auth": {"token": {"realm": "https://auth.example.com/token", "service": "registry.example.com"}},
+    }  # fmt: skip
+    shared = registry_config(replica(s3_region="ap-northeast-1"), primary=primary)
+    assert shared["http"]["tls"] == primary["http"]["tls"]
+    assert shared["http"]["host"] == "https://registry.example.com"
+    assert shared["auth"]["token"]["realm"] == "https://auth.example.com/token", "tokens still come from the primary"
+    assert shared["storage"]["s3"]["region"] == "ap-northeast-1"
+    own = registry_config(replica(), primary=primary, host="https://registry.ap-tokyo.example.com")
+    assert own["http"]["host"] == "https://registry.ap-tokyo.example.com"
+    assert "tls" not in registry_config(replica(), anonymous=True)["http"]

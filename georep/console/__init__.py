@@ -1,0 +1,1 @@
+"""The console: the georep API's pages at `/ui` (georep.console.app)."""
