@@ -21,6 +21,7 @@ a strict Content-Security-Policy: no inline script or style, nothing from anywhe
 
 from __future__ import annotations
 
+import hmac
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -127,8 +128,10 @@ class Console:
                 if self.sessions.enabled
                 else "changes are off: this georep API has no logstore.api_token"
             )
+            log.info("console.refused", path=request.path, status=401, reason=why)
             return self.render("refused.html", request, {"title": "Not signed in", "error": why}, 401)
-        if not form.get("csrf") or form["csrf"] != session.csrf:
+        if not hmac.compare_digest(form.get("csrf", "").encode(), session.csrf.encode()):
+            log.info("console.refused", path=request.path, status=403, reason="stale or foreign form (CSRF token)")
             return self.render(
                 "refused.html", request,
                 {"title": "Stale form", "error": "this form is stale or came from elsewhere: reload the page"}, 403,

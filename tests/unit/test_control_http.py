@@ -174,3 +174,37 @@ async def test_image_status_without_the_primary_is_503_and_says_so(guarded: Test
         body = await response.json()
     assert body["error"] == "primary-unavailable"
     assert "primary registry unreachable" in body["reason"]
+
+
+# -- the console's changes -------------------------------------------------------------------------
+
+
+async def _signed_in(client: TestClient[Any, Any]) -> str:
+    """Sign in through the console's form; returns the CSRF token its pages then carry."""
+    async with client.post("/ui/login", data={"token": TOKEN, "next": "/ui/replicas/new"}) as response:
+        assert response.status == 200, await response.text()  # followed the redirect to the form
+        page = await response.text()
+    return page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+async def test_a_console_change_needs_a_session_and_its_csrf_token(guarded: TestClient[Any, Any]) -> None:
+    form = {"region": "ap-tokyo", "endpoint": "http://127.0.0.1:9", "bucket": "b", "credentials_ref": "env:X"}
+    async with guarded.post("/ui/replicas", data=form) as anonymous:
+        assert anonymous.status == 401
+        assert "sign in with the API token" in await anonymous.text()
+    async with guarded.post("/ui/login", data={"token": "wrong"}) as wrong:
+        assert wrong.status == 401
+        assert "wrong API token" in await wrong.text()
+    csrf = await _signed_in(guarded)
+    assert len(csrf) == 64
+    for stale in ("", "0" * 64, csrf[:-1]):
+        async with guarded.post("/ui/replicas", data=form | {"csrf": stale}) as refused:
+            assert refused.status == 403
+            assert "stale or came from elsewhere" in await refused.text()
+    foreign = {"Origin": "https://evil.example"}
+    async with guarded.post("/ui/replicas", data=form | {"csrf": csrf}, headers=foreign) as cross_site:
+        assert cross_site.status == 403
+    async with guarded.get("/ui/replicas/new") as page:
+        policy = page.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in policy
+        assert "frame-ancestors 'none'" in policy
