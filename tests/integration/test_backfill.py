@@ -90,7 +90,9 @@ async def test_backfill_during_live_pushes_then_resumes_after_a_crash(live: Stac
 
             # --dry-run lists what the region lacks (read from its bucket), publishes nothing, writes no checkpoint.
             async def dry_run() -> dict[tuple[str, str], str]:
-                code, out, err = await run_georep(live, "backfill", "--region", oregon.name, "--dry-run", "--json")
+                code, out, err = await run_georep(
+                    live, "backfill", "--region", oregon.name, "--dry-run", "--json", timeout_s=180
+                )  # the whole catalog, as verify walks it
                 assert code == 0, err
                 (line,) = out.splitlines()  # the plan alone: no checkpoint lines from a run that publishes nothing
                 doc = json.loads(line)
