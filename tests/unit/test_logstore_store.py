@@ -315,3 +315,15 @@ async def test_a_closed_store_says_so(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="not open"):
         await closed.query(LogQuery())
+
+
+async def test_latency_counts_live_pushes_that_succeeded_and_nothing_else(store: LogStore) -> None:
+    """A delete's lag, a backfill's, or a failed attempt's would move push-to-pullable percentiles."""
+    await store.put_many([
+        record("push", lag_ms=100), record("push-2", lag_ms=300, finished=T0 + timedelta(seconds=1)),
+        record("delete", action="delete", lag_ms=7200), record("backfill", source="backfill", lag_ms=9000),
+        record("failed", status=Status.FAILED, lag_ms=5000), record("other-region", region="us-east", lag_ms=50),
+    ])  # fmt: skip
+    assert await store.lags_ms("eu-west", T0 - timedelta(minutes=1)) == [100, 300]
+    assert await store.lags_ms("eu-west", T0 - timedelta(minutes=1), most=1) == [300], "the latest ones"
+    assert [ms for _, ms in await store.lag_series("eu-west", T0 - timedelta(minutes=1))] == [100, 300]
