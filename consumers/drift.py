@@ -25,6 +25,7 @@ count what it costs. `repair_events` and `delete_events` turn findings into regi
 from __future__ import annotations
 
 import asyncio
+import copy
 import secrets
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -236,9 +237,14 @@ class Comparer:
     def excluded(self, repository: Repository, tag: Tag | None) -> str | None:
         return self.replica.excluded(repository, tag) if self.replica is not None else None
 
-    def repository(self) -> None:
-        """Start comparing another repository: its link keys have not been claimed yet."""
-        self._claimed_links = set()
+    def for_repository(self, *, rehash: bool | None = None) -> Comparer:
+        """A comparer for one repository, so that several can be compared at once: its own link keys (none
+        claimed yet) and rehash choice; the content keys already checked and the request slots are shared."""
+        view = copy.copy(self)
+        view._claimed_links = set()
+        if rehash is not None:
+            view.rehash = rehash
+        return view
 
     async def tags(self, repository: Repository, skipped: list[Skipped]) -> list[Tag] | None:
         """The primary's tags of `repository` this region should have; None if the primary has no such repository."""

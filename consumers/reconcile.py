@@ -123,10 +123,14 @@ async def compare_repository(
     stored: dict[str, str] | None,
     deletes: bool,
 ) -> Outcome:
-    """Compare one repository; with `stored` (the map last found equal) and not `full`, only what moved."""
+    """Compare one repository; with `stored` (the map last found equal) and not `full`, only what moved.
+
+    A repository never found equal here (no `stored`: new to the region, or its map lost) is compared in full:
+    nothing is known of it, so the manifests the primary deleted are looked for too."""
+    full = full or stored is None
     outcome = Outcome(repository, full)
     read_at = utcnow()
-    comparer.repository()
+    comparer = comparer.for_repository()
     tags = await comparer.tags(repository, outcome.skipped)
     tags = tags or []  # a repository the primary no longer lists has no tags left there
     heads = await _heads(comparer.primary, repository, tags)
@@ -291,18 +295,25 @@ class Reconciler:
         if end is None:
             log.info("reconcile.partition_busy", region=self.region, partition=tp.partition)
             return [None] * len(repositories)
-        outcomes: list[Outcome | None] = []
         comparer = Comparer(self.layout, self.store, self.primary, replica=replica)
         deletes = replica is None or replica.deletes
-        for repository in repositories:
-            try:
-                outcomes.append(await self._repository(comparer, tp, repository, end, deletes))
-            except (GeorepError, InvalidInput) as exc:
-                log.warning(
-                    "reconcile.repository_failed", region=self.region, repository=str(repository), error=str(exc)
-                )
-                outcomes.append(None)
-        return outcomes
+        # Several repositories at once: one at a time, a pass over a large catalog waits on round trips, not on
+        # the request budgets (the meters), which still bound what it costs either side.
+        slots = asyncio.Semaphore(self.tuning.concurrency)
+
+        async def one(repository: Repository) -> Outcome | None:
+            async with slots:
+                try:
+                    return await self._repository(comparer, tp, repository, end, deletes)
+                except (GeorepError, InvalidInput) as exc:
+                    log.warning(
+                        "reconcile.repository_failed", region=self.region, repository=str(repository), error=str(exc)
+                    )
+                    return None
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(repository)) for repository in repositories]
+        return [task.result() for task in tasks]
 
     async def _repository(
         self, comparer: Comparer, tp: TopicPartition, repository: Repository, end: int, deletes: bool
@@ -311,17 +322,19 @@ class Reconciler:
         # A process that has not checked a repository yet spreads its first full check over one period.
         last = self._full.setdefault(repository, now - random.uniform(0, self.tuning.full_every_s))  # noqa: S311
         full = now - last >= self.tuning.full_every_s
+        rehash = False
         if self.tuning.rehash_every_s is not None:
             rehashed = self._rehash.setdefault(repository, now - random.uniform(0, self.tuning.rehash_every_s))  # noqa: S311
-            comparer.rehash = now - rehashed >= self.tuning.rehash_every_s
+            rehash = now - rehashed >= self.tuning.rehash_every_s
+        comparer = comparer.for_repository(rehash=rehash)
         key = self.layout.reconciled(repository)
         stored = _decode(await self.store.get(key))
         outcome = await compare_repository(
-            comparer, repository, self.region, full=full or comparer.rehash, stored=stored, deletes=deletes
+            comparer, repository, self.region, full=full or rehash, stored=stored, deletes=deletes
         )
         if outcome.full:
             self._full[repository] = now
-        if comparer.rehash:
+        if rehash:
             self._rehash[repository] = now
         if outcome.events and await self._racing(tp, repository, end):
             log.info("reconcile.deferred", region=self.region, repository=str(repository), reason="live event")

@@ -58,7 +58,7 @@ class Report:
 
 async def check_repository(comparer: Comparer, repository: Repository, report: Report) -> None:
     """Every tag of `repository` this region should have, in full; the tags the region has beyond them."""
-    comparer.repository()
+    comparer = comparer.for_repository()
     tags = await comparer.tags(repository, report.skipped)
     if tags is None:
         report.skipped.append(Skipped(str(repository), "the primary has no such repository"))

@@ -245,6 +245,8 @@ class ReconcileSettings(_Part):
     #: requests per second a pass may make to the primary, and to the region's object store
     primary_rps: float = Field(20.0, gt=0)
     region_rps: float = Field(50.0, gt=0)
+    #: repositories a pass compares at once (within those budgets)
+    concurrency: int = Field(8, ge=1, le=256)
     #: where the list of repositories comes from: the registry's `/v2/_catalog`, Harbor's API (projects, then
     #: repositories: for a Harbor whose catalog is for administrators only), or `repository_list`
     repositories: Literal["catalog", "harbor", "list"] = "catalog"
