@@ -21,6 +21,7 @@ from engine.layout import KeyKind, Layout, link_body
 from engine.manifests import Manifest
 from engine.names import Repository, Tag
 from engine.plan import Mode, Phase, TagState, Write, build_plan, child_digests, steps, tag_writes
+from engine.recent import RecentKeys
 from engine.replicas import ReplicaDefinition
 from engine.settings import ReplicatorSettings
 
@@ -66,6 +67,10 @@ class RegionReplicator:
         self._manifest_budget = manifest_budget or ByteBudget(tuning.manifest_buffer_bytes)
         self._manifest_slots = manifest_slots or asyncio.Semaphore(tuning.manifest_fetches)
         self.max_clock_skew = timedelta(seconds=max_clock_skew_s)
+        #: revision links found in the region lately: a second tag of a manifest, or a replay, skips the HEAD.
+        #: Forgotten on the delete of that manifest (which runs in this lane, in order) and when partitions
+        #: move (another process may have deleted it meanwhile); repairs never trust it.
+        self.whole = RecentKeys(tuning.whole_manifests, tuning.whole_manifests_ttl_s)
 
     async def replicate(self, event: ReplicationEvent) -> Outcome:
         replica = self.replica()
@@ -79,9 +84,10 @@ class RegionReplicator:
             raise InvalidEvent("a push event without a digest")
         tag_state = TagState(event.digest, self._when(event), event.id) if event.tag else None
         revision = self.layout.revision_link(event.repository, event.digest)
-        if not event.repair and await self.store.exists(revision):
+        if not event.repair and (revision in self.whole or await self.store.exists(revision)):
             # Its revision link is written after all of a manifest's content: the content is whole.
             # What is left is the tag, if any (a second tag, a replay): no manifest fetch, no blob check.
+            self.whole.add(revision)
             writes = tag_writes(self.layout, event.repository, event.digest, event.tag, tag_state) if event.tag else []
             note = await self._apply(event, writes, tag_state)
             return Outcome(Status.SUCCEEDED, note=note or "content already in the region")
@@ -96,6 +102,7 @@ class RegionReplicator:
         finally:
             if held[0]:
                 self._manifest_budget.release(held[0])
+        self.whole.add(revision)  # the revision link comes before the tag's writes: it is there either way
         return Outcome(
             Status.SUCCEEDED,
             blobs_total=len(plan.blobs),
@@ -168,6 +175,7 @@ class RegionReplicator:
         notes = []
         if event.digest is not None:
             revision = self.layout.revision_link(event.repository, event.digest)
+            self.whole.discard(revision)
             if await self.store.exists(revision):
                 await self.store.delete(revision)
                 notes.append(f"manifest {event.digest.short} deleted")

@@ -191,6 +191,7 @@ class ReplicatorService:
     async def release(self, partitions: set[Any]) -> None:
         """Finish (within the grace period) or abandon in-flight work, then commit what is done."""
         lanes = [self.lanes.pop(tp) for tp in partitions if tp in self.lanes]
+        self.replicator.whole.clear()  # their next owner may delete manifests this process thinks whole
         if not lanes:
             return
         await asyncio.gather(*(lane.stop(self.tuning.drain_grace_s) for lane in lanes))

@@ -190,6 +190,11 @@ class ReplicatorSettings(_Part):
     #: ids of events replicated lately that a second delivery is recognised by (two webhooks publish each
     #: event twice); a duplicate older than this is replicated again, which is harmless
     dedupe_window: int = Field(10000, ge=0)
+    #: revision links a process remembers finding in its region (0: none), and for how long: a tag-only event
+    #: (a retag, a replay) of a manifest found lately costs no HEAD. A link removed behind georep's back is
+    #: put back by reconciliation; until then, or this long, tags may be written to it.
+    whole_manifests: int = Field(20000, ge=0)
+    whole_manifests_ttl_s: float = Field(600.0, gt=0)
     #: where `file:` credential references may point (a mounted Secret); none set means file: is refused
     credentials_dir: Path | None = None
     host: str = "127.0.0.1"

@@ -184,6 +184,11 @@ async def test_deletes_by_tag_and_by_digest_reach_every_region_and_pushes_go_on_
         await _gone(line, repo, reference)
     after_digest = line.push_image(repo, "d", sample(f"{repo}-d", 15 * KiB))
     await line.replicated(repo, "d", after_digest)
+    # The deleted manifest pushed again: each region writes it anew (a replicator forgets that it had the
+    # manifest when it deletes it), so the new tag serves.
+    assert line.push_image(repo, "again", a) == digest_a
+    await line.replicated(repo, "again", digest_a)
+    line.pull_everywhere(repo, "again", digest_a)
     # b shares a layer with the deleted image: every region still serves all of it.
     await line.replicated(repo, "b", digest_b)
     line.pull_everywhere(repo, "b", digest_b)
