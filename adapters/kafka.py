@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
@@ -252,11 +252,31 @@ class Publisher:
 
     async def publish(self, topic: str, messages: Sequence[tuple[bytes, bytes | None]], timeout_s: float) -> None:
         """Send (key, value) pairs and return once the broker acknowledged every one (None: a tombstone)."""
-        try:
-            async with asyncio.timeout(timeout_s):
+        acked = await self.enqueue(topic, messages, timeout_s)
+        await acked()
+
+    async def enqueue(
+        self, topic: str, messages: Sequence[tuple[bytes, bytes | None]], timeout_s: float
+    ) -> Callable[[], Awaitable[None]]:
+        """Hand (key, value) pairs to the producer now, in order; the callable returned waits for the broker to
+        acknowledge every one (KafkaUnavailable if that takes longer than `timeout_s` from now)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        with self._unavailable(timeout_s):
+            async with asyncio.timeout_at(deadline):
                 producer = await self._ensure()
                 futures = [await producer.send(topic, value=value, key=key) for key, value in messages]
-                await asyncio.gather(*futures)
+
+        async def acked() -> None:
+            with self._unavailable(timeout_s):
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.gather(*futures)
+
+        return acked
+
+    @contextmanager
+    def _unavailable(self, timeout_s: float) -> Iterator[None]:
+        try:
+            yield
         except (TimeoutError, KafkaError, OSError) as exc:
             raise KafkaUnavailable(
                 f"Kafka at {self._kafka.bootstrap_servers} did not acknowledge within {timeout_s:g}s: "

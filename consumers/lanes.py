@@ -9,6 +9,10 @@ A lane's `done` is the offset of its earliest unfinished event (or the one after
 none is in flight): only that is ever committed, so Kafka never holds an offset past an event that is not
 durably done, however the events around it finished.
 
+A handler may return a tail: what is left of the event once its work is done (its record on its way to Kafka,
+say). The repository's next event starts at once, while the tail still holds the commit back; a tail that
+fails is retried on its own, with backoff, never the work before it.
+
 The handler finishes every event itself (replicated, skipped or dead-lettered) and is not meant to raise. If
 it does anyway (a bug, a failure nobody mapped), the lane does not skip the event: it retries it with backoff,
 and stands as `stalled` (with the offset and the error) until the event goes through, so that health and
@@ -29,7 +33,9 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-Handler = Callable[[Any], Awaitable[None]]
+#: what is left of an event once its key may move on: awaited (and retried) before its offset is done
+Tail = Callable[[], Awaitable[None]]
+Handler = Callable[[Any], Awaitable[Tail | None]]
 Spawn = Callable[[str, Any], "asyncio.Task[None]"]
 
 
@@ -144,17 +150,16 @@ class Lane:
 
     async def _until_done(self, record: Any) -> None:
         delay, attempts = self.retry_initial_s, 0
+        holds_key = True
         try:
             while not self._stopping:
                 # Shielded so that stop() decides whether the in-flight event finishes or is abandoned.
                 attempt = asyncio.ensure_future(self._handle(record))
                 try:
-                    await asyncio.shield(attempt)
+                    tail = await asyncio.shield(attempt)
                 except Exception as exc:
                     attempts += 1
-                    since = self._stalls[record.offset].since if record.offset in self._stalls else time.monotonic()
-                    self._stalls[record.offset] = Stall(record.offset, f"{type(exc).__name__}: {exc}", attempts, since)
-                    self.stall = self._stalls[min(self._stalls)]
+                    self._stalled(record, exc, attempts)
                     log.exception(
                         "lane.event_failed", partition=self.tp.partition, offset=record.offset, attempt=attempts,
                         retry_in_s=delay,
@@ -165,16 +170,53 @@ class Lane:
                 except asyncio.CancelledError:
                     attempt.cancel()  # abandoned by stop(): the event will be redone by whoever reads it next
                     raise
-                if self._stalls.pop(record.offset, None) is not None:
-                    log.info("lane.recovered", partition=self.tp.partition, offset=record.offset, attempts=attempts + 1)
-                    self.stall = self._stalls[min(self._stalls)] if self._stalls else None
+                self._recovered(record, attempts)
+                if tail is not None:
+                    holds_key = False
+                    await self._free(record.key)
+                    await self._until_tail_done(record, tail)
                 await self._finished(record)
                 return
         finally:
             self._running.pop(record.offset, None)
-            self._busy_keys.discard(record.key)
+            if holds_key:
+                self._busy_keys.discard(record.key)
             async with self._progress:
                 self._progress.notify_all()
+
+    async def _free(self, key: bytes | None) -> None:
+        """Let the key's next event start (this one's tail still holds the commit back)."""
+        self._busy_keys.discard(key)
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _until_tail_done(self, record: Any, tail: Tail) -> None:
+        delay, attempts = self.retry_initial_s, 0
+        while True:
+            try:
+                await tail()
+            except Exception as exc:
+                attempts += 1
+                self._stalled(record, exc, attempts)
+                log.exception(
+                    "lane.tail_failed", partition=self.tp.partition, offset=record.offset, attempt=attempts,
+                    retry_in_s=delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            self._recovered(record, attempts)
+            return
+
+    def _stalled(self, record: Any, exc: Exception, attempts: int) -> None:
+        since = self._stalls[record.offset].since if record.offset in self._stalls else time.monotonic()
+        self._stalls[record.offset] = Stall(record.offset, f"{type(exc).__name__}: {exc}", attempts, since)
+        self.stall = self._stalls[min(self._stalls)]
+
+    def _recovered(self, record: Any, attempts: int) -> None:
+        if self._stalls.pop(record.offset, None) is not None:
+            log.info("lane.recovered", partition=self.tp.partition, offset=record.offset, attempts=attempts + 1)
+            self.stall = self._stalls[min(self._stalls)] if self._stalls else None
 
     async def _finished(self, record: Any) -> None:
         self._running.pop(record.offset, None)

@@ -37,7 +37,7 @@ from adapters.runtime import metrics_handler, retry_until_stopped, start_http
 from adapters.store import RegionStore
 from consumers import metrics
 from consumers.budget import ByteBudget
-from consumers.lanes import Lane, Spawn
+from consumers.lanes import Lane, Spawn, Tail
 from consumers.reconcile import Reconciler
 from consumers.regions import region_settings
 from consumers.replicate import Outcome, RegionReplicator
@@ -216,21 +216,24 @@ class ReplicatorService:
 
     # -- one event --------------------------------------------------------
 
-    async def handle(self, record: Any) -> None:
-        """Replicate one Kafka record to the end: succeeded, skipped or dead-lettered. Never raises."""
+    async def handle(self, record: Any) -> Tail | None:
+        """Replicate one Kafka record to the end: succeeded, skipped or dead-lettered. Never raises.
+
+        A replicated event returns with its record handed to the producer, in order; the tail returned waits
+        until Kafka took it (the lane holds the commit back until then, not the repository's next event)."""
         try:
             event = ReplicationEvent.from_json(record.value)
         except InvalidEvent as exc:
             await self._dead_letter(record, None, exc, attempts=1)
-            return
+            return None
         if event.region is not None and event.region != self.region:
-            return  # a redrive or repair for another region: not ours, and no record of ours either
+            return None  # a redrive or repair for another region: not ours, and no record of ours either
         if event.region is None and event.id in self._finished:
             # A second delivery (two webhooks each publish every event): done already, and recorded. Events
             # addressed to this region (a redrive keeps its event's id) are asked for on purpose: never skipped.
             metrics.EVENTS.labels(self.region, "duplicate").inc()
             self.log.info("replicate.duplicate", event_id=event.id, partition=record.partition, offset=record.offset)
-            return
+            return None
         bound = self.log.bind(
             event_id=event.id,
             repository=str(event.repository),
@@ -268,10 +271,10 @@ class ReplicatorService:
             await self._dead_letter(record, event, exc, attempts)
             await self._record(event, Status.DEAD_LETTERED, attempts, started, error=f"{reason}: {exc}")
             self._finished.add([event.id])
-            return
+            return None
         finally:
             metrics.IN_FLIGHT.labels(self.region).dec()
-        await self._record(event, outcome.status, attempts, started, outcome=outcome)
+        tail = await self._record(event, outcome.status, attempts, started, outcome=outcome, wait=False)
         self._finished.add([event.id])
         bound.info(
             "replicate.done",
@@ -281,6 +284,7 @@ class ReplicatorService:
             bytes_copied=outcome.bytes_copied,
             note=outcome.note,
         )
+        return tail
 
     async def _record(
         self,
@@ -291,7 +295,10 @@ class ReplicatorService:
         *,
         outcome: Outcome | None = None,
         error: str | None = None,
-    ) -> None:
+        wait: bool = True,
+    ) -> Tail | None:
+        """Publish the event's replication record; with `wait` False, return once it is handed to the producer,
+        with a tail that waits until Kafka took it."""
         finished = utcnow()
         lag = finished - event.occurred_at
         done = outcome or Outcome(status)
@@ -317,13 +324,17 @@ class ReplicatorService:
             error=scrub(error) if error else None,
             note=_note(event, done.note),
         )
-        await self._publish(self.settings.kafka.log_topic, record.key, record.to_json())
+        tail = await self._send(self.settings.kafka.log_topic, record.key, record.to_json())
+        if wait and tail is not None:
+            await tail()
+            tail = None
         if status is not Status.FAILED:
             metrics.EVENTS.labels(self.region, status.value).inc()
         if status is Status.SUCCEEDED:
             metrics.BLOBS_COPIED.labels(self.region).inc(done.blobs_copied)
             metrics.BYTES_COPIED.labels(self.region).inc(done.bytes_copied)
             metrics.LAG.labels(self.region).observe(lag.total_seconds())
+        return tail
 
     async def _dead_letter(
         self, record: Any, event: ReplicationEvent | None, exc: BaseException, attempts: int
@@ -347,6 +358,25 @@ class ReplicatorService:
         if event is None:
             # An unreadable event gets no replication record (it names no repository), so count it here.
             metrics.EVENTS.labels(self.region, Status.DEAD_LETTERED.value).inc()
+
+    async def _send(self, topic: str, key: bytes, value: bytes) -> Tail | None:
+        """Hand a record to the producer now; a tail that returns once Kafka took it (sent again until it does).
+        None if Kafka is away: then this waits, here, until it takes the record."""
+        try:
+            acked = await self.publisher.enqueue(topic, [(key, value)], self.settings.kafka.request_timeout_ms / 1000)
+        except KafkaUnavailable as exc:
+            self.log.warning("replicator.publish_failed", topic=topic, error=str(exc))
+            await self._publish(topic, key, value)
+            return None
+
+        async def tail() -> None:
+            try:
+                await acked()
+            except KafkaUnavailable as exc:
+                self.log.warning("replicator.publish_failed", topic=topic, error=str(exc))
+                await self._publish(topic, key, value)
+
+        return tail
 
     async def _publish(self, topic: str, key: bytes, value: bytes) -> None:
         """Publish until Kafka takes it: the offset is not committed before its record is out."""

@@ -57,13 +57,15 @@ class Phase(IntEnum):
 
 
 #: Phases that run together. Data keys are invisible until a link names them; the tag index link
-#: is history (`current` decides what a tag serves); every other step waits for the one before.
+#: is history (`current` decides what a tag serves), so it goes with the tag's note, after the check
+#: that no newer push holds the tag (a tag-only event costs two rounds of writes, not three); every
+#: other step waits for the one before.
 STEPS: tuple[frozenset[Phase], ...] = (
     frozenset({Phase.BLOB_DATA, Phase.CHILD_DATA, Phase.MANIFEST_DATA}),
     frozenset({Phase.LAYER_LINKS}),
     frozenset({Phase.CHILD_LINKS}),
-    frozenset({Phase.MANIFEST_LINK, Phase.TAG_INDEX_LINK}),
-    frozenset({Phase.TAG_STATE}),
+    frozenset({Phase.MANIFEST_LINK}),
+    frozenset({Phase.TAG_INDEX_LINK, Phase.TAG_STATE}),
     frozenset({Phase.TAG_CURRENT_LINK}),
 )
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import timedelta
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeVar
 
 import structlog
 from pydantic import AwareDatetime, BaseModel, Field
@@ -40,11 +41,17 @@ from engine.replicas import ReplicaDefinition
 from engine.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
+K = TypeVar("K")
+V = TypeVar("V")
 
 #: how far before its read a backfill event is dated: covers a push whose tag the primary had not written yet
 SKEW: Final = timedelta(seconds=2)
-#: tags of one repository read at once
+#: tags read from the primary at once (across the repositories read ahead)
 TAG_CONCURRENCY: Final = 8
+#: repositories read from the primary ahead of the one being published: their events and checkpoints still go
+#: out in catalog order (a checkpoint says every repository up to it is published), but the walk does not wait
+#: on each repository's round trips in turn
+READ_AHEAD: Final = 8
 PUBLISH_TIMEOUT_S: Final = 30.0
 
 
@@ -123,6 +130,7 @@ class Backfill:
         self.region = region
         self._page_size = page_size
         self._seen_blobs: set[str] = set()
+        self._slots = asyncio.Semaphore(TAG_CONCURRENCY)
         #: what a dry run would publish; a real run keeps nothing per tag (a registry may hold millions)
         self.planned: list[Planned] = []
 
@@ -136,26 +144,26 @@ class Backfill:
             repositories = [r async for r in self._primary.catalog(self._page_size)]
             repositories.sort(key=lambda r: r.name)
             checkpoint = checkpoint.model_copy(update={"repositories_total": len(repositories)})
-            for repository in repositories:
-                if checkpoint.after is not None and repository.name <= checkpoint.after:
-                    continue
-                found, skipped = await self._repository(repository)
-                events = [event for event, _ in found]
-                await self._publish(events)
-                if self._publisher is None:
-                    self.planned += [planned for _, planned in found]
-                new_bytes = sum(planned.bytes for _, planned in found)
-                checkpoint = checkpoint.model_copy(
-                    update={
-                        "after": repository.name,
-                        "repositories_done": checkpoint.repositories_done + 1,
-                        "tags_published": checkpoint.tags_published + len(events),
-                        "bytes_published": checkpoint.bytes_published + new_bytes,
-                        "tags_skipped": checkpoint.tags_skipped + skipped,
-                        "updated_at": utcnow(),
-                    }
-                )
-                await self._save(checkpoint, progress)
+            after = checkpoint.after
+            todo = [r for r in repositories if after is None or r.name > after]
+            async with contextlib.aclosing(_read_ahead(todo, self._repository, READ_AHEAD)) as reads:
+                async for repository, (found, skipped) in reads:
+                    events = [event for event, _ in found]
+                    await self._publish(events)
+                    if self._publisher is None:
+                        self.planned += [planned for _, planned in found]
+                    new_bytes = sum(planned.bytes for _, planned in found)
+                    checkpoint = checkpoint.model_copy(
+                        update={
+                            "after": repository.name,
+                            "repositories_done": checkpoint.repositories_done + 1,
+                            "tags_published": checkpoint.tags_published + len(events),
+                            "bytes_published": checkpoint.bytes_published + new_bytes,
+                            "tags_skipped": checkpoint.tags_skipped + skipped,
+                            "updated_at": utcnow(),
+                        }
+                    )
+                    await self._save(checkpoint, progress)
         except Exception as exc:
             # Any failure, not only the expected ones: the checkpoint says `failed` and why, never `running`.
             error = str(exc) if isinstance(exc, GeorepError) else f"{type(exc).__name__}: {exc}"
@@ -176,7 +184,6 @@ class Backfill:
             names = [name async for name in self._primary.tags(repository, self._page_size)]
         except NotFoundUpstream:
             return [], 0  # deleted since the catalog was read
-        slots = asyncio.Semaphore(TAG_CONCURRENCY)
         tags: list[Tag] = []
         skipped = 0
         for name in names:
@@ -191,7 +198,7 @@ class Backfill:
                 tags.append(tag)
 
         async def one(tag: Tag) -> tuple[ReplicationEvent, Planned] | None:
-            async with slots:
+            async with self._slots:
                 return await self._event(repository, tag)
 
         async with asyncio.TaskGroup() as group:
@@ -250,3 +257,22 @@ class Backfill:
             result = progress(checkpoint)
             if result is not None:
                 await result
+
+
+async def _read_ahead(items: list[K], read: Callable[[K], Awaitable[V]], ahead: int) -> AsyncGenerator[tuple[K, V]]:
+    """(item, read(item)) in the order of `items`, with up to `ahead` reads running before they are asked for;
+    the first failure is raised as it is, and the reads still running are cancelled."""
+    pending: deque[tuple[K, asyncio.Task[V]]] = deque()
+    rest = iter(items)
+    try:
+        while True:
+            while len(pending) < ahead and (item := next(rest, None)) is not None:
+                pending.append((item, asyncio.ensure_future(read(item))))
+            if not pending:
+                return
+            item, task = pending.popleft()
+            yield item, await task
+    finally:
+        for _, task in pending:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in pending), return_exceptions=True)

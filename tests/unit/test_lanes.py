@@ -4,7 +4,7 @@ event that did not finish."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from consumers.lanes import Lane
@@ -220,4 +220,54 @@ async def test_concurrency_is_bounded() -> None:
     assert most == 3
     gate.set()
     await until(lambda: lane.done == 10)
+    await lane.stop(grace_s=1)
+
+
+async def test_a_tail_frees_the_repository_for_its_next_event_but_holds_the_commit() -> None:
+    """The next event of the key runs while the first one's tail (its record on its way) is pending; `done`
+    stays at the first event until its tail returns."""
+    acked = asyncio.Event()
+    ran: list[int] = []
+
+    async def handle(record: Record) -> Callable[[], Awaitable[None]] | None:
+        ran.append(record.offset)
+        if record.offset == 0:
+
+            async def tail() -> None:
+                await acked.wait()
+
+            return tail
+        return None
+
+    lane = Lane(TP(), handle, buffer=100)
+    lane.put(Record(0, key=b"repo"))
+    lane.put(Record(1, key=b"repo"))
+    await until(lambda: ran == [0, 1] and lane.idle is False and lane.done == 0)
+    assert lane.done == 0, "event 1 is done, but event 0's tail is not: nothing may be committed past 0"
+    acked.set()
+    await until(lambda: lane.done == 2)
+    await lane.stop(grace_s=1)
+
+
+async def test_a_failing_tail_is_retried_alone_and_shows_the_stall_until_it_goes_through() -> None:
+    handled: list[int] = []
+    tries = 0
+
+    async def tail() -> None:
+        nonlocal tries
+        tries += 1
+        if tries < 3:
+            raise RuntimeError("broker gone")
+
+    async def handle(record: Record) -> Callable[[], Awaitable[None]]:
+        handled.append(record.offset)
+        return tail
+
+    lane = Lane(TP(), handle, buffer=100, retry_initial_s=0.01, retry_max_s=0.02)
+    lane.put(Record(0, key=b"repo"))
+    await until(lambda: lane.stall is not None)
+    assert "broker gone" in str(lane.stall)
+    await until(lambda: lane.done == 1)
+    assert (handled, tries) == ([0], 3), "the work ran once; only the tail was retried"
+    assert str(lane.stall) == "None", "the stall is gone once the tail went through"
     await lane.stop(grace_s=1)

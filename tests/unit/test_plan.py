@@ -157,3 +157,12 @@ def test_a_tag_only_plan_is_the_tail_of_the_full_plan() -> None:
     full = build_plan(LAYOUT, REPO, img, {}, TAG, state(img))
     tail = tag_writes(LAYOUT, REPO, img.digest, TAG, state(img))
     assert tail == [w for w in full.writes if w.phase >= Phase.TAG_INDEX_LINK]
+
+
+def test_a_tag_only_push_writes_in_two_rounds_after_its_manifest_is_whole() -> None:
+    """The index link (history) rides with the tag's note, after the newer-push check; `current` alone last."""
+    img = image(1, 2)
+    rounds = [{w.phase for w in step} for step in steps(tag_writes(LAYOUT, REPO, img.digest, TAG, state(img)))]
+    assert rounds == [{Phase.TAG_INDEX_LINK, Phase.TAG_STATE}, {Phase.TAG_CURRENT_LINK}]
+    full = [{w.phase for w in step} for step in steps(build_plan(LAYOUT, REPO, img, {}, TAG, state(img)).writes)]
+    assert full.index({Phase.MANIFEST_LINK}) < full.index({Phase.TAG_INDEX_LINK, Phase.TAG_STATE})
