@@ -24,7 +24,7 @@ import structlog
 
 from adapters.meter import UNMETERED, Meter
 from engine.digest import Digest
-from engine.errors import NotFoundUpstream, UpstreamRefused, UpstreamUnavailable, most_telling
+from engine.errors import NotFoundUpstream, UpstreamRefused, UpstreamUnavailable, most_telling, task_group
 from engine.manifests import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from engine.names import Repository, Tag
 from engine.plan import child_digests
@@ -153,7 +153,7 @@ class RegistryClient:
         manifests: dict[Digest, Manifest] = {}
         while missing := child_digests(root, manifests):
             try:
-                async with asyncio.TaskGroup() as group:
+                async with task_group() as group:
                     tasks = [group.create_task(self.manifest(repository, d.digest)) for d in missing]
             except BaseExceptionGroup as failures:
                 raise most_telling(failures) from None

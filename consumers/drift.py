@@ -38,7 +38,7 @@ import structlog
 from adapters.registry import RegistryClient
 from adapters.store import RegionStore
 from engine.digest import Digest
-from engine.errors import DigestMismatch, InvalidInput, NotFoundUpstream
+from engine.errors import DigestMismatch, InvalidInput, NotFoundUpstream, task_group
 from engine.events import Action, ReplicationEvent, Source, utcnow
 from engine.layout import KeyKind, Layout
 from engine.names import Repository, Tag
@@ -268,7 +268,7 @@ class Comparer:
 
     async def images(self, repository: Repository, tags: Iterable[Tag], skipped: list[Skipped]) -> list[Checked]:
         """Every key of each tag's plan, compared (concurrently, bounded)."""
-        async with asyncio.TaskGroup() as group:
+        async with task_group() as group:
             tasks = [group.create_task(self.image(repository, tag, skipped)) for tag in tags]
         return [checked for task in tasks if (checked := task.result()) is not None]
 
@@ -287,7 +287,7 @@ class Comparer:
                 skipped.append(Skipped(f"{repository}:{tag}", str(exc)))
                 return None
             writes = [w for w in plan.writes if self._claim(w)]
-            async with asyncio.TaskGroup() as group:
+            async with task_group() as group:
                 tasks = [group.create_task(self._check(repository, tag, write)) for write in writes]
         findings = tuple(finding for task in tasks if (finding := task.result()) is not None)
         blobs = sum(1 for w in writes if w.phase is Phase.BLOB_DATA)

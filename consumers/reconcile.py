@@ -55,7 +55,7 @@ from consumers import metrics
 from consumers.drift import Comparer, Finding, Skipped, delete_events, repair_events
 from consumers.regions import lookup_region
 from engine.digest import Digest
-from engine.errors import GeorepError, InvalidInput, KafkaUnavailable, UpstreamUnavailable
+from engine.errors import GeorepError, InvalidInput, KafkaUnavailable, UpstreamUnavailable, task_group
 from engine.events import ReconcilePass, ReplicationEvent, Source, utcnow
 from engine.layout import Layout
 from engine.names import Repository, Tag
@@ -163,7 +163,7 @@ async def _heads(primary: RegistryClient, repository: Repository, tags: Iterable
             head = await primary.head(repository, str(tag))
         return tag, None if head is None else head.digest
 
-    async with asyncio.TaskGroup() as group:
+    async with task_group() as group:
         tasks = [group.create_task(one(tag)) for tag in tags]
     return {tag: digest for tag, digest in (task.result() for task in tasks) if digest is not None}
 
@@ -311,7 +311,7 @@ class Reconciler:
                     )
                     return None
 
-        async with asyncio.TaskGroup() as group:
+        async with task_group() as group:
             tasks = [group.create_task(one(repository)) for repository in repositories]
         return [task.result() for task in tasks]
 

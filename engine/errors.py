@@ -26,6 +26,10 @@ the message, so that logs and replication records can carry it.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 
 class GeorepError(Exception):
     retriable: bool = False
@@ -159,3 +163,14 @@ def most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
     georep = [e for e in failures if isinstance(e, GeorepError)]
     permanent = [e for e in georep if not e.retriable]
     return (permanent or georep or failures)[0]
+
+
+@asynccontextmanager
+async def task_group() -> AsyncIterator[asyncio.TaskGroup]:
+    """An asyncio.TaskGroup whose failure reaches the caller as the most telling one (a GeorepError where there
+    is one), not as an ExceptionGroup that `except GeorepError` would let through."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            yield group
+    except BaseExceptionGroup as failures:
+        raise most_telling(failures) from None

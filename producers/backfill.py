@@ -33,7 +33,7 @@ from adapters.compacted import CompactedView
 from adapters.kafka import Publisher
 from adapters.registry import RegistryClient
 from engine.digest import Digest
-from engine.errors import GeorepError, InvalidInput, KafkaUnavailable, NotFoundUpstream
+from engine.errors import GeorepError, InvalidInput, KafkaUnavailable, NotFoundUpstream, task_group
 from engine.events import Action, Message, ReplicationEvent, Source, utcnow
 from engine.manifests import Manifest
 from engine.names import Repository, Tag
@@ -201,7 +201,7 @@ class Backfill:
             async with self._slots:
                 return await self._event(repository, tag)
 
-        async with asyncio.TaskGroup() as group:
+        async with task_group() as group:
             tasks = [group.create_task(one(tag)) for tag in tags]
         found = [pair for task in tasks if (pair := task.result()) is not None]
         return found, skipped + len(tags) - len(found)

@@ -109,6 +109,16 @@ class Pusher:
         config_digest = await self.raw_blob(repository, config)
         return await self.manifest(repository, tag, layers, config_digest, len(config))
 
+    async def retag(self, repository: str, digest: str, tag: str) -> None:
+        """Put the manifest `digest` under another tag too (what `skopeo copy` of a tag within a repository does)."""
+        url = f"{self._base}/v2/{repository}/manifests"
+        async with self._session.get(f"{url}/{digest}", headers={"Accept": OCI_MANIFEST}) as got:
+            _ok(got, 200)
+            raw = await got.read()
+            media_type = got.headers["Content-Type"]
+        async with self._session.put(f"{url}/{tag}", data=raw, headers={"Content-Type": media_type}) as put:
+            _ok(put, 201)
+
     def _absolute(self, location: str) -> str:
         return location if location.startswith("http") else self._base + location
 

@@ -69,6 +69,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"replicated per region {_spread(hot['replicated_events_s'], '{:.0f}')} | | |"
     )
     lines += _cost_rows(results, hot)
+    lines += _reconcile_rows(results)
     lines += [
         f"| ceiling: sha256, one core (MB/s) | | {_spread(c['sha256_mb_s'], '{:.0f}')} | |",
         f"| ceiling: primary registry read (MB/s) | | {_spread(c['primary_read_mb_s'], '{:.0f}')} | |",
@@ -100,6 +101,31 @@ def _cost_rows(results: dict[str, Any], hot: dict[str, Any]) -> list[str]:
         f"{queries['logs_by_repository_ms']['median']:.0f} / {queries['logs_by_repository_ms']['max']:.0f} | "
         f"target < 200 | {queries['logs_by_repository_ms']['max'] / 200:.2f}× of limit |",
     ]
+
+
+def _reconcile_rows(results: dict[str, Any]) -> list[str]:
+    passes = results.get("reconcile")
+    if passes is None:
+        return []
+    tags, repositories = passes["tags"], passes["repositories"]
+    rows = []
+    for key, what in (
+        ("first", "first pass after a restart (compares every repository in full)"),
+        ("matching", "pass over tags that already match"),
+        ("drift", f"pass with 1% drift ({passes['drift']['moved']} tags moved, their events lost)"),
+    ):
+        p = passes[key]
+        rows.append(
+            f"| reconcile, {tags:,} tags in {repositories:,} repositories: {what}: s; requests primary / region | "
+            f"{p['seconds']:.1f} s; {p['requests_primary']:,} / {p['requests_region']:,} | "
+            f"{p['unchanged']:,} unchanged, {p['repairs']} repairs | "
+            f"{p['region_requests_per_repository']:.2f} region requests per repository |"
+        )
+    rows.append(
+        f"| reconcile: 1% drift made -> every moved tag served in {passes['region']} (s) | "
+        f"{passes['drift']['converged_s']:.1f} | | |"
+    )
+    return rows
 
 
 def _client_row(costs: dict[str, Any]) -> list[str]:

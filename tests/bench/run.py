@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local import stack
-from tests.bench import ceilings, costs, scenarios
+from tests.bench import ceilings, costs, passes, scenarios
 from tests.bench.harness import Bench
 from tests.bench.report import latency_stats, markdown, plot, summary
 
@@ -42,6 +42,9 @@ def machine() -> str:
 
 async def run_all(bench: Bench, runs: int, quick: bool) -> dict[str, Any]:
     big, big_size, small = (2, 64 * ceilings.MiB, 20) if quick else (8, 128 * ceilings.MiB, 200)
+    # First, on the fresh stack: a pass walks the whole catalog, which is then these tags alone.
+    reconcile = await passes.reconcile_pass(bench, "pass", repositories=100 if quick else 1000)
+    _say(f"reconciliation passes: {reconcile}")
     raw: dict[str, list[Any]] = {
         k: []
         for k in (
@@ -141,6 +144,7 @@ async def run_all(bench: Bench, runs: int, quick: bool) -> dict[str, Any]:
             "samples": low,
         },
         "memory": memory,
+        "reconcile": reconcile,
         "costs": {
             "cpu_per_image": {
                 "ratio": summary([r["ratio"] for r in raw["cpu"]]),

@@ -1535,3 +1535,25 @@ def test_example_toml_loads_and_documents_every_setting_with_its_default() -> No
     assert {"token"} <= documented["webhook"][1]
     assert {"password", "username"} <= documented["primary"][1]
     assert "GEOREP_REGIONS__ap-singapore__SECRET_KEY" in text
+
+
+@pytest.mark.parametrize(
+    ("brokers", "names", "rf", "isr"), [(1, ["kafka"], 1, 1), (3, ["kafka-0", "kafka-1", "kafka-2"], 3, 2)]
+)
+def test_the_local_stack_lists_every_broker_and_sizes_its_topics_by_them(
+    tmp_path: Path, brokers: int, names: list[str], rf: int, isr: int
+) -> None:
+    """stack.json's `kafka` names every broker (host:port,…), the pid keys are `kafka` or `kafka-0..2`, topics
+    get replication factor min(3, brokers) and min.insync.replicas 2 once there are 3 copies."""
+    from deploy.local import configs, stack
+
+    spec = stack.make_spec(tmp_path, 40000, ["ap-singapore", "eu-frankfurt"], kafka_brokers=brokers)
+    assert stack.kafka_names(spec) == names
+    hosts = spec.bootstrap.split(",")
+    assert len(hosts) == brokers
+    assert len(set(hosts)) == brokers
+    assert all(re.fullmatch(r"127\.0\.0\.1:\d+", h) for h in hosts)
+    assert spec.kafka_admin().replication_factor == rf
+    properties = configs.kafka_properties(spec, 0).read_text()
+    assert f"default.replication.factor={rf}\n" in properties
+    assert f"min.insync.replicas={isr}\n" in properties

@@ -9,6 +9,7 @@ engine       the domain: no I/O
 from __future__ import annotations
 
 import ast
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,3 +100,23 @@ def test_kafka_clients_are_built_only_by_adapters_kafka() -> None:
                 if name in constructors:
                     built.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}(...)")
     assert not built, "build Kafka clients with adapters.kafka.new_*:\n" + "\n".join(built)
+
+
+def test_every_error_georep_raises_is_a_georep_error() -> None:
+    """A failure outside the tree (Kafka away during a backfill, say) would escape the handlers that mark a
+    checkpoint failed or print one line: every exception class of the product derives from GeorepError."""
+    from engine.errors import GeorepError
+
+    outside = []
+    for path in python_files("engine", "adapters", "producers", "consumers", "georep"):
+        if path.name == "__main__.py":
+            continue
+        module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            defined = getattr(module, node.name, None)
+            is_error = isinstance(defined, type) and issubclass(defined, BaseException)
+            if is_error and not issubclass(defined, GeorepError):  # type: ignore[arg-type]
+                outside.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert outside == []
