@@ -18,7 +18,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from adapters.kafka import Publisher
 from deploy.local import images, stack
 from deploy.local.probe import wait_served
-from engine.events import Action, DeadLetter, ReplicationEvent, ReplicationRecord, Source, Status, utcnow
+from engine.events import Action, ReplicationRecord, Status, utcnow
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -219,47 +219,21 @@ async def test_a_record_whose_error_holds_markup_is_shown_as_text(page: Page, li
     await shot(page, "logs-escaped")
 
 
-async def test_dead_letters_are_listed_with_their_reason_and_redriven_from_the_page(page: Page, live: Stack) -> None:
-    """A region's dead letter (of a region no replicator serves, so the redriven event goes nowhere), redriven
-    in the browser; the replica list and the sign-in page are shot on the way: every page has a screenshot."""
-    region, repo = live.unique("eu-letters"), live.unique("console/letter")
-    now = utcnow()
-    event = ReplicationEvent(
-        id=f"{repo}-lost", source=Source.DISTRIBUTION, action=Action.PUSH, repository=repo, tag="v1",
-        digest="sha256:" + "cd" * 32, occurred_at=now, received_at=now, region=region,
-    )  # fmt: skip
-    letter = DeadLetter(
-        region=region, reason="not-found", error=f"manifest of {repo} is not on the primary", attempts=5,
-        failed_at=now, event=event.model_dump(mode="json", by_alias=True),
-    )  # fmt: skip
-    publisher = Publisher(live.kafka(), "test")
-    try:
-        await publisher.publish(live.kafka().dead_letter_topic, [(letter.key, letter.to_json())], 30)
-    finally:
-        await publisher.close()
+async def test_the_replica_list_and_the_sign_in_page(page: Page, live: Stack) -> None:
+    """The pages no other test shoots: the replica list (every region) and the sign-in form, which takes the
+    operator back where they were."""
     url = live.info["logs"]
-
-    await page.goto(f"{url}/ui/dead-letters/{region}")
-    row = page.locator("table.letters tbody tr")
-    await expect(row).to_have_count(1)
-    await expect(row).to_contain_text("not-found")
-    await expect(row.locator("[data-field=error]")).to_have_text(f"manifest of {repo} is not on the primary")
-    await expect(page.locator("main")).to_contain_text("Sign in to redrive them")
-    await shot(page, "dead-letters")
-
-    await page.goto(f"{url}/ui/login?next=/ui/dead-letters/{region}")
-    await shot(page, "login")
-    await page.fill("input[name=token]", live.info["api_token"])
-    await page.click("button[type=submit]")
-    await page.click(f"text=Redrive 1 to {region}")
-    await expect(page.locator(".message")).to_have_text("1 dead letter(s) redriven.")
-    await expect(page.locator("table.letters tbody")).to_contain_text("Nothing waiting to be redriven.")
-    await shot(page, "dead-letters-redriven")
-
     await page.goto(f"{url}/ui/replicas")
     for name in live.regions:
         await expect(page.locator("main")).to_contain_text(name)
     await shot(page, "replicas")
+
+    await page.goto(f"{url}/ui/login?next=/ui/replicas")
+    await shot(page, "login")
+    await page.fill("input[name=token]", live.info["api_token"])
+    await page.click("button[type=submit]")
+    await expect(page.locator("header .who")).to_contain_text("signed in")
+    assert page.url.endswith("/ui/replicas")
 
 
 async def _fill_replica(page: Page, region: str, endpoint: str, bucket: str, credentials: str) -> None:
