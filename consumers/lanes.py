@@ -159,13 +159,7 @@ class Lane:
                     tail = await asyncio.shield(attempt)
                 except Exception as exc:
                     attempts += 1
-                    self._stalled(record, exc, attempts)
-                    log.exception(
-                        "lane.event_failed", partition=self.tp.partition, offset=record.offset, attempt=attempts,
-                        retry_in_s=delay,
-                    )  # fmt: skip
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.retry_max_s)
+                    delay = await self._back_off("lane.event_failed", record, exc, attempts, delay)
                     continue
                 except asyncio.CancelledError:
                     attempt.cancel()  # abandoned by stop(): the event will be redone by whoever reads it next
@@ -197,16 +191,17 @@ class Lane:
                 await tail()
             except Exception as exc:
                 attempts += 1
-                self._stalled(record, exc, attempts)
-                log.exception(
-                    "lane.tail_failed", partition=self.tp.partition, offset=record.offset, attempt=attempts,
-                    retry_in_s=delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
+                delay = await self._back_off("lane.tail_failed", record, exc, attempts, delay)
                 continue
             self._recovered(record, attempts)
             return
+
+    async def _back_off(self, event: str, record: Any, exc: Exception, attempts: int, delay: float) -> float:
+        """Show the stall, log the failure with its traceback, wait `delay`; the next delay."""
+        self._stalled(record, exc, attempts)
+        log.exception(event, partition=self.tp.partition, offset=record.offset, attempt=attempts, retry_in_s=delay)
+        await asyncio.sleep(delay)
+        return min(delay * 2, self.retry_max_s)
 
     def _stalled(self, record: Any, exc: Exception, attempts: int) -> None:
         since = self._stalls[record.offset].since if record.offset in self._stalls else time.monotonic()
