@@ -9,7 +9,8 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tests.integration.conftest import QUIET_RECONCILE, Stack
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+RESERVED = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
 #: the base the README's commands are written for (`make up`'s default) and the one this test uses
 README_BASE, BASE = stack.DEFAULT_PORT_BASE, 33000
 #: a log line: structlog's JSON, or its console renderer's `[level    ]`
@@ -39,6 +41,29 @@ def walkthrough() -> list[str]:
 async def beside(tmp_path_factory: pytest.TempPathFactory, live: Stack) -> AsyncIterator[dict[str, object]]:
     """A second stack, started as `make up GEOREP_PORT_BASE=33000` would, while the session's runs at 23000."""
     assert int(live.info["port_base"]) == 23000
+    with _reserved(f"{BASE}-{BASE + 199}"):
+        async for info in _started(tmp_path_factory):
+            yield info
+
+
+@contextmanager
+def _reserved(ports: str) -> Iterator[None]:
+    """Keep the kernel from handing `ports` to outgoing connections while the stack runs (they lie in its
+    ephemeral range, 32768 and up, where the busy stack at 23000 takes ports by the dozen): as root, through
+    net.ipv4.ip_local_reserved_ports; otherwise nothing, and a clash is left to the retry in _started."""
+    before = RESERVED.read_text().strip() if RESERVED.exists() else None
+    try:
+        RESERVED.write_text(",".join(p for p in (before, ports) if p))
+    except OSError:
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            RESERVED.write_text(before or "\n")
+
+
+async def _started(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, object]]:
     for attempt in (1, 2):
         root = tmp_path_factory.mktemp("stack-33000")
         try:
