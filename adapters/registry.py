@@ -24,7 +24,7 @@ import structlog
 
 from adapters.meter import UNMETERED, Meter
 from engine.digest import Digest
-from engine.errors import NotFoundUpstream, UpstreamRefused, UpstreamUnavailable, most_telling, task_group
+from engine.errors import NotFoundUpstream, UpstreamRefused, UpstreamUnavailable, task_group
 from engine.manifests import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from engine.names import Repository, Tag
 from engine.plan import child_digests
@@ -152,11 +152,8 @@ class RegistryClient:
         """Every manifest under an index, at any depth, fetched a level at a time; empty for an image."""
         manifests: dict[Digest, Manifest] = {}
         while missing := child_digests(root, manifests):
-            try:
-                async with task_group() as group:
-                    tasks = [group.create_task(self.manifest(repository, d.digest)) for d in missing]
-            except BaseExceptionGroup as failures:
-                raise most_telling(failures) from None
+            async with task_group() as group:
+                tasks = [group.create_task(self.manifest(repository, d.digest)) for d in missing]
             manifests.update((m.digest, m) for m in (task.result() for task in tasks))
         return manifests
 

@@ -15,7 +15,7 @@ from adapters.store import RegionStore
 from consumers.blobcopy import copy_blob
 from consumers.budget import ByteBudget
 from engine.digest import Digest
-from engine.errors import InvalidEvent, InvalidInput, InvalidManifest, OverCap, most_telling
+from engine.errors import InvalidEvent, InvalidInput, InvalidManifest, OverCap, task_group
 from engine.events import Action, ReplicationEvent, Status, utcnow
 from engine.layout import KeyKind, Layout, link_body
 from engine.manifests import Manifest
@@ -266,9 +266,6 @@ def _shown(state: TagState) -> str:
 
 async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """Run concurrently; on the first failure cancel the rest and raise that failure itself."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(coro) for coro in coros]
-    except BaseExceptionGroup as failures:
-        raise most_telling(failures) from None
+    async with task_group() as group:
+        tasks = [group.create_task(coro) for coro in coros]
     return [task.result() for task in tasks]
