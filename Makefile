@@ -10,7 +10,10 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 CACHE := $(CURDIR)/.cache
-export PIP_CACHE_DIR := $(CACHE)/pip
+# Downloads and Go's build cache are shared by every checkout on the machine (outside the repository, never
+# committed): a fresh clone then builds from them in seconds instead of fetching and compiling for minutes.
+DOWNLOADS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/georep
+export PIP_CACHE_DIR := $(DOWNLOADS)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 KAFKA_STAMP := $(CACHE)/kafka/libs/.complete
 VENV_STAMP := $(VENV)/.installed
@@ -18,7 +21,8 @@ SYSTEM_STAMP := $(CACHE)/.system-packages
 # Go programs, pinned, built from the Go module proxy into the ignored cache (a second run only checks the stamps):
 # CNCF distribution v3 (the `registry:3` line, beside Debian's 2.8.2) and oras (referrers, tested on both lines).
 GO_BIN := $(CACHE)/go/bin
-GO_ENV := GOPATH=$(CACHE)/go/path GOMODCACHE=$(CACHE)/go/mod GOCACHE=$(CACHE)/go/build GOBIN=$(GO_BIN) GOFLAGS=-buildvcs=false
+GO_ENV := GOPATH=$(DOWNLOADS)/go/path GOMODCACHE=$(DOWNLOADS)/go/mod GOCACHE=$(DOWNLOADS)/go/build GOBIN=$(GO_BIN) \
+  GOFLAGS=-buildvcs=false
 DISTRIBUTION_V3 := v3.1.2
 ORAS_VERSION := v1.3.6
 V3_STAMP := $(GO_BIN)/.registry-$(DISTRIBUTION_V3)
@@ -60,7 +64,7 @@ $(VENV_STAMP): pyproject.toml requirements.lock
 $(KAFKA_STAMP): deploy/local/kafka/pom.xml
 	@command -v mvn >/dev/null || { echo "need Maven (mvn) to fetch Kafka"; exit 1; }
 	rm -rf $(CACHE)/kafka/libs
-	mvn -q -B -f deploy/local/kafka/pom.xml -Dmaven.repo.local=$(CACHE)/m2 \
+	mvn -q -B -f deploy/local/kafka/pom.xml -Dmaven.repo.local=$(DOWNLOADS)/m2 \
 	  dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CACHE)/kafka/libs
 	@touch $@
 
@@ -121,7 +125,7 @@ bench: install $(BENCH_STAMP)
 	$(PY) -m tests.bench.run $(BENCH_ARGS)
 
 test: install lint typecheck
-	$(VENV)/bin/pytest tests -q
+	$(VENV)/bin/pytest tests -q --durations=10
 
 clean: down
 	rm -rf .georep

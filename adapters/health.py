@@ -13,7 +13,9 @@ A process holds one `Health`. Its parts report problems as they find them
 `/healthz` answers 503 while any problem stands and names each one;
 `/readyz` also waits for what the process needs before it can serve (its
 `ready` conditions). Every problem is also the gauge
-`georep_health_problem{process, check, subject}` = 1.
+`georep_health_problem{process, check, subject}` = 1. `/metrics` asks the
+checks too before it answers, so a scrape never shows a gauge (these, or the
+ones a check sets, such as the held budget) as it stood at the last `/healthz`.
 
 `Supervisor` runs a process's long-lived tasks in one task group: the death of
 any of them is reported here and ends the process with exit code 1, so that
@@ -35,6 +37,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import Gauge
 
+from adapters.runtime import metrics_handler
 from engine.errors import Unhealthy
 
 log = structlog.get_logger(__name__)
@@ -133,9 +136,14 @@ class Health:
     async def readyz(self, _: web.Request) -> web.Response:
         return self._answer(readiness=True)
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        self.problems()
+        return await metrics_handler(request)
+
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
 
 
 class Supervisor:

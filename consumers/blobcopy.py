@@ -17,7 +17,7 @@ from adapters.registry import RegistryClient
 from adapters.store import Multipart, RegionStore
 from consumers.budget import ByteBudget
 from engine.digest import Digest
-from engine.errors import DigestMismatch
+from engine.errors import DigestMismatch, NotFoundUpstream
 from engine.manifests import Descriptor
 from engine.names import Repository
 from engine.settings import ReplicatorSettings
@@ -47,8 +47,14 @@ async def copy_blob(
     Returns the bytes this call wrote (0 if none). Memory: the buffers it
     holds at once (the blob if small, else two parts) come out of `budget`,
     and go back to it on every path: success, failure, cancellation.
+
+    A blob smaller than `probe_blobs_from` is not looked for first: its
+    conditional PUT answers "already there" by itself, so a new one costs one
+    S3 request instead of two, and one the region has costs a fetch of a few
+    KiB from the primary.
     """
-    if not replace and await store.exists(key):
+    probed = replace or blob.size >= settings.probe_blobs_from
+    if probed and not replace and await store.exists(key):
         return 0
     small = blob.size <= settings.multipart_threshold
     first = blob.size if small else min(settings.part_size, blob.size)
@@ -71,6 +77,11 @@ async def copy_blob(
                 owned = 0  # handed over: _stream_parts gives the first part's room back with every other part's
                 await _stream_parts(response, upload, blob, settings.part_size, budget, held=first)
                 written = blob.size if await upload.complete(if_absent=not replace) else 0
+    except NotFoundUpstream:
+        # Unprobed, the region may hold a blob the primary no longer serves: nothing to copy then.
+        if probed or not await store.exists(key):
+            raise
+        return 0
     finally:
         if owned:
             budget.release(owned)

@@ -14,6 +14,7 @@ be redriven; they are listed so that someone fixes them at their source.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,11 +27,14 @@ from pydantic import ValidationError
 from adapters.kafka import KAFKA_ERRORS, Publisher, new_consumer, started, unavailable_as
 from adapters.kafka import partitions as kafka_partitions
 from engine import topics
-from engine.errors import InvalidEvent
+from engine.errors import InvalidEvent, KafkaUnavailable
 from engine.events import DeadLetter, ReplicationEvent, describe
 from engine.settings import KafkaSettings, Settings
 
 log = structlog.get_logger(__name__)
+
+#: how long reading a region's dead letters may go without a record before it is reported as stuck
+STUCK_AFTER_S = 15.0
 
 
 @dataclass
@@ -83,9 +87,9 @@ async def _redrive(
         return
     consumer.assign(partitions)
     ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+    found = await _read_until(consumer, ends, STUCK_AFTER_S)
     for tp in partitions:
-        letters = await _read_until(consumer, tp, ends[tp])
-        events = [redrivable(letter, region, result) for letter in letters]
+        events = [redrivable(letter, region, result) for letter in found[tp]]
         todo = [e for e in events if e is not None]
         for event in todo:
             say(f"{'would redrive' if dry_run else 'redrive'} {event.id}  {_target(event)}")
@@ -99,16 +103,33 @@ async def _redrive(
         await consumer.commit({tp: ends[tp]})
 
 
-async def _read_until(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> list[tuple[int, bytes | None]]:
-    """Every (offset, value) from the group's committed position up to `end`."""
-    found: list[tuple[int, bytes | None]] = []
-    if await consumer.position(tp) >= end:
-        return found
+async def _read_until(
+    consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], stuck_after_s: float
+) -> dict[TopicPartition, list[tuple[int, bytes | None]]]:
+    """Every (offset, value) of each partition from the group's committed position up to its end.
+
+    All partitions are read in one loop, each paused once it reaches its end: asking for one partition
+    at a time leaves the others' prefetched records waiting, and the fetcher with them.
+    """
+    found: dict[TopicPartition, list[tuple[int, bytes | None]]] = {tp: [] for tp in ends}
+    clock = asyncio.get_running_loop().time
+    deadline = clock() + stuck_after_s
+    todo = set(ends)
     while True:
-        batch = await consumer.getmany(tp, timeout_ms=1000)
-        found += [(record.offset, record.value) for record in batch.get(tp, []) if record.offset < end]
-        if await consumer.position(tp) >= end:
+        for tp in list(todo):
+            if await consumer.position(tp) >= ends[tp]:
+                todo.discard(tp)
+                consumer.pause(tp)
+        if not todo:
             return found
+        if clock() > deadline:
+            behind = [f"{tp.partition} at {await consumer.position(tp)} of {ends[tp]}" for tp in sorted(todo)]
+            raise KafkaUnavailable(f"no dead letter read for {stuck_after_s:.0f} s (partition {', '.join(behind)})")
+        batch = await consumer.getmany(*todo, timeout_ms=1000)
+        if batch:
+            deadline = clock() + stuck_after_s
+        for tp, records in batch.items():
+            found[tp] += [(record.offset, record.value) for record in records if record.offset < ends[tp]]
 
 
 def redrivable(letter: tuple[int, bytes | None], region: str, result: Redrive) -> ReplicationEvent | None:

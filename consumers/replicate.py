@@ -71,6 +71,8 @@ class RegionReplicator:
         #: Forgotten on the delete of that manifest (which runs in this lane, in order) and when partitions
         #: move (another process may have deleted it meanwhile); repairs never trust it.
         self.whole = RecentKeys(tuning.whole_manifests, tuning.whole_manifests_ttl_s)
+        #: tag notes known to exist: their tag's next push reads the note instead of trying to claim it.
+        self.noted = RecentKeys(tuning.whole_manifests, tuning.whole_manifests_ttl_s)
 
     async def replicate(self, event: ReplicationEvent) -> Outcome:
         replica = self.replica()
@@ -155,14 +157,39 @@ class RegionReplicator:
     ) -> str | None:
         """Write step by step; stop before the tag if a newer push set it. Returns a note, if any."""
         for step in steps(writes):
+            todo = step
             if event.tag is not None and tag_state is not None and any(w.phase is Phase.TAG_STATE for w in step):
-                newer = await self._newer_push(event.repository, event.tag, tag_state)
-                if newer is not None:
-                    return f"tag {event.tag} left {_shown(newer)}: set by a newer event ({newer.event_id})"
-            results = await _all(self._write(event, write) for write in step)
+                claimed = await self._claim_tag(event, event.tag, tag_state, step)
+                if isinstance(claimed, str):
+                    return claimed
+                todo = claimed
+            results = await _all(self._write(event, write) for write in todo)
             if copied is not None:
-                copied += [n for write, n in zip(step, results, strict=True) if write.phase is Phase.BLOB_DATA]
+                copied += [n for write, n in zip(todo, results, strict=True) if write.phase is Phase.BLOB_DATA]
         return None
+
+    async def _claim_tag(
+        self, event: ReplicationEvent, tag: Tag, mine: TagState, step: list[Write]
+    ) -> list[Write] | str:
+        """Make sure no newer push holds `tag` before this event moves it. Returns what is left of the tag's
+        step to write, or why the tag stays where it is.
+
+        A tag's first push claims its note with a conditional PUT, alongside the rest of the step: no read,
+        so a new tag costs two rounds of writes. A note that exists (the claim fails, or it is known from
+        before) is read and compared, and overwritten only if this push is the newer.
+        """
+        note = next(w for w in step if w.phase is Phase.TAG_STATE)
+        if note.key not in self.noted:
+            rest = [self._write(event, w) for w in step if w is not note]
+            claimed, *_ = await _all([self.store.put(note.key, note.body, if_absent=True), *rest])
+            self.noted.add(note.key)
+            if claimed:
+                return []
+            step = [note]
+        newer = await self._newer_push(event.repository, tag, mine)
+        if newer is not None:
+            return f"tag {tag} left {_shown(newer)}: set by a newer event ({newer.event_id})"
+        return step
 
     async def _delete(self, event: ReplicationEvent) -> Outcome:
         """Remove what the primary removed: a tag's links, a manifest's revision link; never blob data.
@@ -212,7 +239,9 @@ class RegionReplicator:
         if newer is not None:
             return f"tag {tag} kept {_shown(newer)}: set by a newer event ({newer.event_id})"
         # The note first: a replayed older push that reads it will not bring the tag back.
-        await self.store.put(self.layout.tag_state(repository, tag), mine.to_json(), if_absent=False)
+        note = self.layout.tag_state(repository, tag)
+        await self.store.put(note, mine.to_json(), if_absent=False)
+        self.noted.add(note)
         current = self.layout.tag_current_link(repository, tag)
         await self.store.delete(current)  # the tag stops serving now; the rest is its history
         others = [key async for key in self.store.keys(self.layout.tag_root(repository, tag)) if key != current]

@@ -33,7 +33,7 @@ from adapters.kafka import (
     started,
 )
 from adapters.registry import RegistryClient
-from adapters.runtime import metrics_handler, retry_until_stopped, start_http
+from adapters.runtime import retry_until_stopped, start_http
 from adapters.store import RegionStore
 from consumers import metrics
 from consumers.budget import ByteBudget
@@ -450,7 +450,6 @@ async def serve_replicator(settings: Settings, region: str, stop: asyncio.Event)
     health.needs("consuming", lambda: bool(running) and running[0].consumer is not None)
     app = web.Application()
     health.add_routes(app)
-    app.router.add_get("/metrics", metrics_handler)
     runner = await start_http(app, settings.replicator.host, settings.replicator.port)
     probe = ClusterProbe(settings.kafka, role)
     try:

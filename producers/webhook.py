@@ -26,7 +26,7 @@ from prometheus_client import Counter
 
 from adapters.health import KAFKA_PROBE_TIMEOUT_S, Health, KafkaMonitor, Supervisor
 from adapters.kafka import Publisher, connection_options
-from adapters.runtime import metrics_handler, start_http
+from adapters.runtime import start_http
 from engine.errors import InvalidInput, KafkaUnavailable
 from engine.events import ReplicationEvent, utcnow
 from engine.recent import RecentIds
@@ -83,7 +83,6 @@ class WebhookApp:
         app.router.add_post("/webhooks/distribution", self._handler("distribution", distribution.parse_envelope))
         app.router.add_post("/webhooks/harbor", self._handler("harbor", harbor.parse_harbor))
         self.health.add_routes(app)
-        app.router.add_get("/metrics", metrics_handler)
         app.on_cleanup.append(self._close)
         return app
 

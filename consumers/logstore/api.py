@@ -33,7 +33,7 @@ def _bad_query(reason: str) -> web.Response:
     return _json({"error": "invalid-query", "reason": reason}, status=400)
 
 
-def build_app(store: LogStore) -> web.Application:
+def build_app(store: LogStore, *, metrics: bool = True) -> web.Application:
     """The aiohttp application over an open `store`; the caller owns the store's lifetime."""
 
     async def logs(request: web.Request) -> web.Response:
@@ -49,5 +49,6 @@ def build_app(store: LogStore) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/logs", logs)
-    app.router.add_get("/metrics", metrics_handler)
+    if metrics:  # the API process serves /metrics from its Health instead, which refreshes its checks first
+        app.router.add_get("/metrics", metrics_handler)
     return app

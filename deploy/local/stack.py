@@ -600,29 +600,44 @@ def _running(info: dict[str, Any]) -> list[str]:
 
 def stop_pid(pid: int, argv: list[str], grace_s: float = 20, sig: signal.Signals = signal.SIGTERM) -> None:
     """Signal a component (only if that pid still runs what we started) and wait for it to exit."""
-    if not _ours(pid, argv):
-        return
-    os.kill(pid, sig)
+    stop_pids([(pid, argv)], grace_s, sig)
+
+
+def stop_pids(started: list[tuple[int, list[str]]], grace_s: float = 20, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Signal every component at once (those whose pid still runs what we started) and wait for all of them."""
+    pids = [pid for pid, argv in started if _ours(pid, argv)]
+    for pid in pids:
+        os.kill(pid, sig)
     deadline = time.monotonic() + grace_s
-    while _alive(pid) and time.monotonic() < deadline:
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.05)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)  # reap it if it was our child
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # reap it if it was our child
+
+
+#: `down` stops georep's processes, then the registries and S3 servers they drain into, then Kafka
+GEOREP_PROCESSES = ("replicator-", "logstore", "webhook")
 
 
 def down(root: Path) -> list[str]:
-    """Stop every process stack.json names, georep's first and Kafka last; returns what was stopped."""
+    """Stop every process stack.json names, in three tiers: georep's (each drains what it has begun into the
+    registries, S3 and Kafka), then the registries and S3 servers, then Kafka. A tier stops all at once; returns
+    what was stopped."""
     if not (root / STACK_FILE).exists():
         return []
     info = _read(root)
-    running = _running(info)
-    for name in reversed(running):
-        stop_pid(info["pids"][name], info["commands"][name]["argv"])
-    return list(reversed(running))
+    running = list(reversed(_running(info)))
+    georep = [n for n in running if n.startswith(GEOREP_PROCESSES)]
+    kafka = [n for n in running if n.startswith("kafka")]
+    tiers = [georep, [n for n in running if n not in georep and n not in kafka], kafka]
+    for tier in tiers:
+        stop_pids([(info["pids"][name], info["commands"][name]["argv"]) for name in tier])
+    return [name for tier in tiers for name in tier]
 
 
 def stop(root: Path, name: str, sig: signal.Signals = signal.SIGTERM, grace_s: float = 60) -> float:

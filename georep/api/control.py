@@ -27,7 +27,7 @@ from engine.names import Repository, Tag
 from engine.replicas import ReplicaDefinition
 from engine.settings import Settings
 from georep.api.leader import Leadership
-from georep.api.status import EventsLag, backfill_status, image_records, image_status, region_status
+from georep.api.status import EventsLag, RegionLag, backfill_status, image_records, image_status, region_status
 from producers.backfill import Backfill, Checkpoint, checkpoint_view, current_checkpoint
 from producers.replicas import ReplicaAdmin
 
@@ -264,9 +264,16 @@ class Control:
 
     async def status(self) -> dict[str, Any]:
         await self.load()
+        names = self.regions()
+        try:
+            lags: dict[str, RegionLag] = await self.lag.regions(names)
+        except KAFKA_ERRORS as exc:
+            log.warning("status.kafka_unavailable", regions=names, error=str(exc))
+            lags = {}
+        passes = self.passes.values.values()
         regions = [
-            await region_status(region, self.store, self.lag, self.checkpoint(region), self.passes.values.values())
-            for region in self.regions()
+            await region_status(region, self.store, lags.get(region), self.checkpoint(region), passes)
+            for region in names
         ]
         return {"regions": regions}
 

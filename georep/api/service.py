@@ -37,7 +37,7 @@ def api_app(
 ) -> web.Application:
     """Every route of the API: the log's queries, health, the control plane, the console."""
     health.needs("replicas read from Kafka", lambda: control.loaded)
-    app = build_app(store)
+    app = build_app(store, metrics=False)
     health.add_routes(app)
     add_control_routes(app, control, settings.logstore.api_token)
     add_console(app, settings, store, control, history or LagHistory(control.status))

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -55,6 +56,16 @@ def percentile(sorted_values: Sequence[int], q: float) -> int | None:
     return sorted_values[rank - 1]
 
 
+@dataclass(frozen=True, slots=True)
+class RegionLag:
+    #: events on the events topic the region's group has not committed
+    events: int
+    #: age in seconds of the oldest of them
+    oldest_s: float | None
+    #: consumers in the region's replicator group now (0: nothing replicates the region)
+    replicators: int
+
+
 class EventsLag:
     """Reads consumer-group lag, and the event at a given offset, from `georep.events`."""
 
@@ -83,40 +94,49 @@ class EventsLag:
                 await self._admin.close()
             self._admin = None
 
-    async def region(self, region: str) -> tuple[int, float | None]:
-        """(events not yet committed by the region's group, age in seconds of the oldest of them)."""
+    async def regions(self, regions: Sequence[str]) -> dict[str, RegionLag]:
+        """Each region's lag, oldest pending event and replicators, from one read of the topic's offsets."""
         async with self._lock:
             consumer = await self._reader()
+            if self._admin is None:
+                self._admin = await started(new_admin(self._kafka, "api"))
+            admin = self._admin
             partitions = sorted(consumer.assignment(), key=lambda tp: tp.partition)
             ends = await consumer.end_offsets(partitions)
             starts = await consumer.beginning_offsets(partitions)
-            committed = await self._committed(region)
-            lag = 0
-            oldest: datetime | None = None
-            for tp in partitions:
-                position = max(committed.get(tp, starts[tp]), starts[tp])
-                if position >= ends[tp]:
-                    continue
-                lag += ends[tp] - position
-                event = await self._event_at(consumer, tp, position)
-                if event is not None and (oldest is None or event.received_at < oldest):
-                    oldest = event.received_at
-            age = None if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
-            return lag, age
+            groups = [topics.replicator_group(region) for region in regions]
+            committed = await asyncio.gather(*(self._committed(admin, group) for group in groups))
+            # One group per request: aiokafka 0.14 fails to decode the answer about several at once.
+            counts = await asyncio.gather(*(self._members(admin, group) for group in groups))
+            members = dict(zip(groups, counts, strict=True))
+            # Regions that lag at the same offset read its event once.
+            events: dict[tuple[TopicPartition, int], ReplicationEvent | None] = {}
+            found: dict[str, RegionLag] = {}
+            for region, group, done in zip(regions, groups, committed, strict=True):
+                lag = 0
+                oldest: datetime | None = None
+                for tp in partitions:
+                    position = max(done.get(tp, starts[tp]), starts[tp])
+                    if position >= ends[tp]:
+                        continue
+                    lag += ends[tp] - position
+                    if (tp, position) not in events:
+                        events[tp, position] = await self._event_at(consumer, tp, position)
+                    event = events[tp, position]
+                    if event is not None and (oldest is None or event.received_at < oldest):
+                        oldest = event.received_at
+                age = None if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
+                found[region] = RegionLag(lag, age, members.get(group, 0))
+            return found
 
-    async def members(self, region: str) -> int:
-        """How many consumers are in the region's replicator group now (0: nothing replicates the region)."""
-        async with self._lock:
-            if self._admin is None:
-                self._admin = await started(new_admin(self._kafka, "api"))
-            answers = await self._admin.describe_consumer_groups([topics.replicator_group(region)])
+    @staticmethod
+    async def _members(admin: AIOKafkaAdminClient, group: str) -> int:
+        answers = await admin.describe_consumer_groups([group])
         # DescribeGroups v0+: groups = [(error_code, group_id, state, protocol_type, protocol, members, ...)]
-        return sum(len(group[5]) for answer in answers for group in answer.groups)
+        return sum(len(described[5]) for answer in answers for described in answer.groups)
 
-    async def _committed(self, region: str) -> dict[TopicPartition, int]:
-        if self._admin is None:
-            self._admin = await started(new_admin(self._kafka, "api"))
-        offsets = await self._admin.list_consumer_group_offsets(topics.replicator_group(region))
+    async def _committed(self, admin: AIOKafkaAdminClient, group: str) -> dict[TopicPartition, int]:
+        offsets = await admin.list_consumer_group_offsets(group)
         topic = self._kafka.events_topic
         return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
 
@@ -164,17 +184,12 @@ def reconcile_status(region: str, passes: Iterable[ReconcilePass]) -> dict[str, 
 async def region_status(
     region: str,
     store: LogStore,
-    lag: EventsLag,
+    lag: RegionLag | None,
     checkpoint: Checkpoint | None,
     passes: Iterable[ReconcilePass] = (),
 ) -> dict[str, Any]:
-    replicators: int | None
-    try:
-        pending, oldest_s = await lag.region(region)
-        replicators = await lag.members(region)
-    except KAFKA_ERRORS as exc:
-        log.warning("status.kafka_unavailable", region=region, error=str(exc))
-        pending, oldest_s, replicators = None, None, None
+    """What the log store knows of the region, with its lag (None: Kafka did not say)."""
+    pending, oldest_s, replicators = (None, None, None) if lag is None else (lag.events, lag.oldest_s, lag.replicators)
     totals = await store.totals(region)
     lags = await store.lags_ms(region, utcnow() - LATENCY_WINDOW)
     p50, p99 = percentile(lags, 50), percentile(lags, 99)

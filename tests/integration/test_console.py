@@ -20,6 +20,8 @@ from deploy.local import images, stack
 from deploy.local.probe import wait_served
 from engine.events import Action, ReplicationRecord, Status, utcnow
 from tests.integration.conftest import Stack
+from tests.integration.test_log_and_webhook import post
+from tests.integration.test_ordering_and_dead_letters import V1, manifest_event
 
 pytestmark = pytest.mark.integration
 
@@ -241,3 +243,40 @@ async def _fill_replica(page: Page, region: str, endpoint: str, bucket: str, cre
     await page.fill("input[name=endpoint]", endpoint)
     await page.fill("input[name=bucket]", bucket)
     await page.fill("input[name=credentials_ref]", credentials)
+
+
+async def test_a_regions_dead_letters_are_listed_with_why_and_redriven_from_the_page(page: Page, live: Stack) -> None:
+    """An event whose manifest was not on the primary yet is dead-lettered; once it is, the operator redrives
+    the region's dead letters from its page, and the event succeeds there."""
+    repo = live.unique("console/dead")
+    region = sorted(live.regions)[0]
+    img = images.image([images.layer(6 * KiB, repo)])
+    digest = img.manifest.digest
+    event_id = f"console-dead-{repo.replace('/', '-')}"
+    status, _ = await post(
+        live, live.info["webhook"], manifest_event(event_id, repo, digest, "v1", "2030-01-01T00:00:00Z"), V1
+    )
+    assert status == 200
+    await live.records(
+        lambda rs: region in {r["region"] for r in rs if r["status"] == "dead-lettered"}, event_id=event_id
+    )
+    live.push_image(repo, "v0", img)  # the manifest is on the primary now: a redrive can succeed
+
+    url = live.info["logs"]
+    await page.goto(f"{url}/ui/dead-letters/{region}")
+    letter = page.locator("table.letters tbody tr", has_text=repo)
+    await expect(letter).to_contain_text("not-found")
+    await expect(page.locator("main")).to_contain_text("Sign in to redrive them.")
+    await shot(page, "dead-letters")
+
+    await sign_in(page, live)
+    await page.goto(f"{url}/ui/dead-letters/{region}")
+    await page.click(f"button:has-text('to {region}')")
+    await expect(page.locator(".message")).to_contain_text("dead letter(s) redriven")
+    await shot(page, "dead-letters-redriven")
+    await live.records(
+        lambda rs: any(r["region"] == region and r["status"] == "succeeded" for r in rs), event_id=event_id
+    )
+    # Each letter goes back once: the page now lists none of this repository's.
+    await page.goto(f"{url}/ui/dead-letters/{region}")
+    await expect(page.locator("table.letters tbody tr", has_text=repo)).to_have_count(0)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from adapters.kafka import new_consumer, running
-from deploy.local import images
+from deploy.local import images, stack
 from engine import topics
 from tests.integration.conftest import Stack
 from tests.integration.test_log_and_webhook import post
@@ -45,6 +45,21 @@ async def test_a_replayed_older_push_does_not_move_the_tag_back(live: Stack) -> 
     found = await live.records(lambda rs: len(rs) == len(live.regions), event_id=replay_id)
     assert all(r["status"] == "succeeded" and "left on" in (r["note"] or "") for r in found), found
     await live.replicated(repo, "t", new)  # still the newer image, in every region
+
+    # Replicators that just started know no tag note: the replay's claim on the tag's note fails, and the
+    # note it then reads still wins.
+    for region in live.regions:
+        stack.stop(live.root, f"replicator-{region}")
+        stack.restart(live.root, f"replicator-{region}")
+        await stack.wait_up(live.root, f"replicator-{region}")
+    again = f"{replay_id}-2"
+    status, _ = await post(
+        live, live.info["webhook"], manifest_event(again, repo, old, "t", "2001-01-01T00:00:01Z"), V1
+    )
+    assert status == 200
+    found = await live.records(lambda rs: len(rs) == len(live.regions), event_id=again)
+    assert all(r["status"] == "succeeded" and "left on" in (r["note"] or "") for r in found), found
+    await live.replicated(repo, "t", new)
     live.pull_everywhere(repo, "t", new)
 
 

@@ -126,6 +126,39 @@ async def test_a_budget_nobody_gives_back_to_is_named_with_its_held_bytes(
         waiting.cancel()
 
 
+async def test_a_scrape_of_metrics_shows_the_budget_as_it_is_not_as_the_last_healthz_saw_it(
+    served: tuple[Health, TestClient[Any, Any]],
+) -> None:
+    """A CI run waited 30 s for held bytes to reach 0 on /metrics: they had, but no /healthz had been read since."""
+    health, client = served
+    budget = ByteBudget(8 * 1024 * 1024)
+    health.watch(lambda: budget_problems("eu-scrape", budget, stall_s=60))
+
+    async def scraped() -> dict[str, float]:
+        async with client.get("/metrics") as response:
+            text = await response.text()
+        wanted = ("georep_replicator_budget_held_bytes", "georep_health_problem")
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(wanted) and "eu-scrape" in line
+        }
+
+    await budget.take(3 * 1024 * 1024)
+    assert (await read(client))[0] == 200
+    assert gauge("georep_replicator_budget_held_bytes", region="eu-scrape") == 3 * 1024 * 1024
+    budget.release(3 * 1024 * 1024)
+    assert await scraped() == {'georep_replicator_budget_held_bytes{region="eu-scrape"}': 0.0}
+    health.report("kafka", "eu-scrape:9092", "no answer")
+    assert (await scraped())[
+        'georep_health_problem{check="kafka",process="replicator-eu-test",subject="eu-scrape:9092"}'
+    ] == 1.0
+    health.clear("kafka", "eu-scrape:9092")
+    assert (await scraped())[
+        'georep_health_problem{check="kafka",process="replicator-eu-test",subject="eu-scrape:9092"}'
+    ] == 0.0
+
+
 async def test_a_task_that_dies_is_named_and_the_command_exits_1(
     served: tuple[Health, TestClient[Any, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
