@@ -16,7 +16,6 @@ import os
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,17 +28,10 @@ from deploy.local import stack
 from engine import topics
 from engine.events import ReplicationRecord, Status, utcnow
 from engine.settings import RegionSettings
-from tests.bench.harness import Bench, succeeded_per_region, until_http
+from tests.bench.harness import Bench, cpu_s, succeeded_per_region, until_http
 from tests.bench.pusher import Layer, Pusher
 
 V1 = "application/vnd.docker.distribution.events.v1+json"
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * _TICK_S
 
 
 async def cpu_per_image(bench: Bench, run: str, images: int = 60) -> dict[str, Any]:

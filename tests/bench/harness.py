@@ -28,6 +28,55 @@ from engine import topics
 LOG_TOPIC = topics.REPLICATION_LOG
 
 
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+def role(name: str) -> str:
+    """What a stack process is, whatever its region: `s3-eu-frankfurt` → `s3`, `kafka-1` → `kafka`."""
+    for known in ("s3", "replicator", "registry", "kafka"):
+        if name == known or name.startswith(f"{known}-"):
+            return known
+    return name
+
+
+class CpuSplit:
+    """CPU seconds each role of the stack spends between `__init__` and `done()`; processes started meanwhile
+    (replicators, started for the measurement) count from their start."""
+
+    def __init__(self, bench: Bench, also: dict[str, int] | None = None) -> None:
+        self.bench = bench
+        #: processes outside the stack to count as well (name → pid): the bench's own, say
+        self.also = also or {}
+        self.started = time.monotonic()
+        self.before = self._now()
+
+    def _now(self) -> dict[int, float]:
+        self.bench.reload()
+        pids = [*map(int, self.bench.info["pids"].values()), *self.also.values()]
+        return {pid: cpu_s(pid) for pid in pids if Path(f"/proc/{pid}").exists()}
+
+    def done(self, extra: dict[str, int] | None = None) -> dict[str, Any]:
+        """Per role: CPU seconds, and cores busy on average; `extra`: further name → pid started meanwhile."""
+        seconds = time.monotonic() - self.started
+        pids = {name: int(pid) for name, pid in self.bench.info["pids"].items()} | self.also | (extra or {})
+        spent: dict[str, float] = {}
+        for name, pid in pids.items():
+            if Path(f"/proc/{pid}").exists():
+                spent[role(name)] = spent.get(role(name), 0.0) + cpu_s(pid) - self.before.get(pid, 0.0)
+        return {
+            "seconds": seconds,
+            "cpu_s": spent,
+            "cores": {name: cpu / seconds for name, cpu in spent.items()},
+            "cores_total": sum(spent.values()) / seconds,
+        }
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set size so far (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"skopeo sync {_spread(bulk['skopeo_s'])} | georep {bulk['speedup_vs_skopeo']:.2f}× faster |",
         f"| bulk throughput (MB/s, all regions) | {_spread(bulk['georep_mb_s'])} | "
         f"S3 write ceiling {_spread(c['s3_write_mb_s'])} | {bulk['fraction_of_s3_ceiling']:.0%} of ceiling |",
+        *_cores_rows(bulk.get("cores")),
     ]
     for key in ("latency_low", "latency"):
         for region, stats in results[key]["per_region"].items():
@@ -68,6 +70,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"| hot path (tag-only pushes): events/s | webhook {_spread(hot['webhook_events_s'], '{:.0f}')}; "
         f"replicated per region {_spread(hot['replicated_events_s'], '{:.0f}')} | | |"
     )
+    lines += _hot_cpu_rows(hot)
     lines += _cost_rows(results, hot)
     lines += _reconcile_rows(results)
     lines += [
@@ -212,3 +215,29 @@ def _plot_costs(results: dict[str, Any], cpu: Any, targets: Any) -> None:
     targets.set_yscale("log")  # the figures range from a fraction to many times their targets
     targets.set(title="against the targets (≥ 1 is met)", ylabel="× of target (log)")
     targets.tick_params(axis="x", labelsize=7)
+
+
+def _by_role(split: dict[str, float]) -> str:
+    """`1.79 in all: s3 1.05, replicator 0.43, …`, the largest first; roles that spent nothing left out."""
+    parts = [f"{role} {n:.2f}" for role, n in sorted(split.items(), key=lambda kv: -kv[1]) if role != "total"]
+    return f"{split['total']:.2f} in all: " + ", ".join(p for p in parts if not p.endswith(" 0.00"))
+
+
+def _hot_cpu_rows(hot: dict[str, Any]) -> list[str]:
+    """Where tag-only events spend the machine: cores busy, and CPU per event (the stack and the senders)."""
+    if "cores" not in hot:
+        return []
+    return [
+        f"| cores busy during tag-only events (of {os.cpu_count()}) | {_by_role(hot['cores'])} | | |",
+        f"| CPU per tag-only event, both regions (ms) | {_by_role(hot['cpu_ms_per_event'])} | | |",
+    ]
+
+
+def _cores_rows(cores: dict[str, dict[str, float]] | None) -> list[str]:
+    """Rows of the cores each role keeps busy, copying the bulk and writing the ceiling (medians of the runs)."""
+    if not cores:
+        return []
+    return [
+        f"| cores busy while copying the bulk (of {os.cpu_count()}) | {_by_role(cores['georep'])} | "
+        f"ceiling: {_by_role(cores['ceiling'])} | |"
+    ]

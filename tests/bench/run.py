@@ -24,7 +24,7 @@ from typing import Any
 
 from deploy.local import stack
 from tests.bench import ceilings, costs, passes, scenarios
-from tests.bench.harness import Bench
+from tests.bench.harness import Bench, CpuSplit
 from tests.bench.report import latency_stats, markdown, plot, summary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,13 +60,16 @@ async def run_all(bench: Bench, runs: int, quick: bool) -> dict[str, Any]:
             "cpu",
             "webhook",
             "client",
+            "s3_cpu",
         )
     }
     for run in range(1, runs + 1):
         tag = f"r{run}-{int(time.time())}"
         images = scenarios.bulk_content(tag, big, big_size, small)
         raw["sha"].append(ceilings.sha256_mb_s())
+        split = CpuSplit(bench)
         raw["s3"].append(await ceilings.s3_write_mb_s(bench))
+        raw["s3_cpu"].append(split.done())
         _say(f"run {run}: ceilings sha256 {raw['sha'][-1]:.0f} MB/s, S3 write {raw['s3'][-1]:.0f} MB/s")
         raw["georep"].append(await scenarios.georep_bulk(bench, images))
         _say(f"run {run}: georep bulk {raw['georep'][-1]['seconds']:.1f} s ({raw['georep'][-1]['mb_s']:.0f} MB/s)")
@@ -127,11 +130,16 @@ async def run_all(bench: Bench, runs: int, quick: bool) -> dict[str, Any]:
             "fraction_of_s3_ceiling": statistics.median(
                 g["mb_s"] / c for g, c in zip(raw["georep"], raw["s3"], strict=True)
             ),
+            # Where the time goes: cores each role keeps busy, writing the ceiling and copying the bulk.
+            "cores": {"ceiling": _cores(raw["s3_cpu"]), "georep": _cores([r["cpu"] for r in raw["georep"]])},
         },
         "scale_out": {"one": georep_mb_s, "two": summary([r["mb_s"] for r in raw["two"]])},
         "hot_path": {
             "webhook_events_s": summary([r["webhook_events_s"] for r in raw["hot"]]),
             "replicated_events_s": summary([r["replicated_events_s_per_region"] for r in raw["hot"]]),
+            # The stack is CPU-bound here: the cores each role keeps busy, and its CPU per event (all regions).
+            "cores": _cores([r["cpu"] for r in raw["hot"]]),
+            "cpu_ms_per_event": _per_event([r["cpu"] for r in raw["hot"]], [r["events"] for r in raw["hot"]]),
         },
         "latency": {
             "rate": raw["latency"][0]["rate"],
@@ -167,6 +175,23 @@ async def run_all(bench: Bench, runs: int, quick: bool) -> dict[str, Any]:
             "logstore_queries": queries,
         },
     }  # fmt: skip
+
+
+def _cores(splits: list[dict[str, Any]]) -> dict[str, float]:
+    """Median over runs of the cores each role kept busy (CpuSplit.done), and of all of them together."""
+    roles = {role for split in splits for role in split["cores"]}
+    out = {role: statistics.median(split["cores"].get(role, 0.0) for split in splits) for role in sorted(roles)}
+    return out | {"total": statistics.median(split["cores_total"] for split in splits)}
+
+
+def _per_event(splits: list[dict[str, Any]], events: list[int]) -> dict[str, float]:
+    """Median over runs of each role's CPU milliseconds per event, and of all of them together."""
+    per_run = [
+        {role: 1000 * cpu / n for role, cpu in split["cpu_s"].items()} for split, n in zip(splits, events, strict=True)
+    ]
+    roles = sorted({role for run in per_run for role in run})
+    out = {role: statistics.median(run.get(role, 0.0) for run in per_run) for role in roles}
+    return out | {"total": statistics.median(sum(run.values()) for run in per_run)}
 
 
 def _say(text: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -16,7 +17,7 @@ import aiohttp
 from adapters.kafka import new_consumer, started
 from deploy.local import stack
 from engine import topics
-from tests.bench.harness import Bench, peak_rss_mb, succeeded_per_region
+from tests.bench.harness import Bench, CpuSplit, peak_rss_mb, succeeded_per_region
 from tests.bench.pusher import Layer, Pusher
 
 MB = 1e6
@@ -59,6 +60,7 @@ async def georep_bulk(bench: Bench, images: dict[str, list[Layer]], replicators:
         # The primary's notifications are asynchronous: wait until every push is in Kafka.
         await _events_published(bench, repos)
         started = time.monotonic()
+        split = CpuSplit(bench)
         await bench.start_replicators()
         base = int(bench.info["port_base"]) + 80
         extra = [
@@ -69,11 +71,15 @@ async def georep_bulk(bench: Bench, images: dict[str, list[Layer]], replicators:
         done = await watch.until(
             lambda seen: all(succeeded_per_region(seen, repos).get(r, 0) >= len(repos) for r in bench.regions)
         )
+        cpu = split.done({f"replicator-extra-{pid}": pid for pid, _ in extra})
     for pid, argv in extra:
         await asyncio.to_thread(stack.stop_pid, pid, argv)
     seconds = done - started
     moved = _bytes(images) * len(bench.regions)
-    return {"seconds": seconds, "bytes": moved, "mb_s": moved / MB / seconds, "replicators_per_region": replicators}
+    return {
+        "seconds": seconds, "bytes": moved, "mb_s": moved / MB / seconds, "replicators_per_region": replicators,
+        "cpu": cpu,
+    }  # fmt: skip
 
 
 async def _events_published(bench: Bench, repositories: set[str], timeout_s: float = 300) -> None:
@@ -90,8 +96,22 @@ async def _events_published(bench: Bench, repositories: set[str], timeout_s: flo
         await consumer.stop()
 
 
-async def skopeo_bulk(bench: Bench, images: dict[str, list[Layer]], run: str) -> dict[str, Any]:
-    """`skopeo sync` from the primary into a writable registry per region, all regions at once."""
+async def skopeo_bulk(bench: Bench, images: dict[str, list[Layer]], run: str, attempts: int = 2) -> dict[str, Any]:
+    """`skopeo sync` from the primary into a writable registry per region, all regions at once.
+
+    The peer fails now and then (its registry resets a blob upload's connection): that attempt is reported
+    and the sync runs again into fresh registries and a fresh prefix, timed on its own."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await _skopeo_bulk_once(bench, images, f"{run}-{attempt}") | {"attempts": attempt}
+        except RuntimeError as exc:
+            if attempt == attempts:
+                raise
+            print(f"[bench] skopeo sync attempt {attempt} failed, once more: {str(exc)[-300:]}", flush=True)
+    raise AssertionError("unreachable")
+
+
+async def _skopeo_bulk_once(bench: Bench, images: dict[str, list[Layer]], run: str) -> dict[str, Any]:
     async with bench.writable_registries(f"skopeo-{run}") as hosts:
         with tempfile.TemporaryDirectory() as tmp:
             source = Path(tmp) / "sync.yml"
@@ -218,6 +238,7 @@ async def hot_path(bench: Bench, run: str, events: int = 2000, repositories: int
     ids = {f"hot-{run}-{i}" for i in range(events)}
     async with bench.records() as watch, aiohttp.ClientSession() as session:
         started = time.monotonic()
+        split = CpuSplit(bench, {"bench": os.getpid()})
         await asyncio.gather(*(post(session, i) for i in range(events)))
         posted = time.monotonic()
 
@@ -226,10 +247,13 @@ async def hot_path(bench: Bench, run: str, events: int = 2000, repositories: int
             return len(done) >= events * len(bench.regions)
 
         finished = await watch.until(all_done)
+        # Where the CPU goes, this process (the senders and the record watch) included: they share the cores.
+        cpu = split.done()
     return {
         "events": events,
         "webhook_events_s": events / (posted - started),
         "replicated_events_s_per_region": events / (finished - started),
+        "cpu": cpu,
     }
 
 
