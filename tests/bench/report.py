@@ -219,8 +219,9 @@ def _plot_costs(results: dict[str, Any], cpu: Any, targets: Any) -> None:
 
 def _by_role(split: dict[str, float]) -> str:
     """`1.79 in all: s3 1.05, replicator 0.43, …`, the largest first; roles that spent nothing left out."""
-    parts = [f"{role} {n:.2f}" for role, n in sorted(split.items(), key=lambda kv: -kv[1]) if role != "total"]
-    return f"{split['total']:.2f} in all: " + ", ".join(p for p in parts if not p.endswith(" 0.00"))
+    roles = [(role, n) for role, n in split.items() if role != "total" and round(n, 2) > 0]
+    shown = sorted(roles, key=lambda kv: -kv[1])
+    return f"{split['total']:.2f} in all: " + ", ".join(f"{role} {n:.2f}" for role, n in shown)
 
 
 def _hot_cpu_rows(hot: dict[str, Any]) -> list[str]:
