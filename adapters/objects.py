@@ -15,7 +15,6 @@ before any other OSError becomes StorageUnavailable.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -40,20 +39,12 @@ _RETRY: Final[Any] = {
 }
 
 
-#: tokio's own knob for the worker threads of obstore's runtime, built on the first request. One, unless the
-#: environment says otherwise: requests come one event loop's worth at a time, and a second worker only adds
-#: wake-ups and work stealing between the two (measured: a replicator's CPU per new image went from 0.45 to
-#: 0.42-0.43 of its S3 server's).
-IO_THREADS_VARIABLE: Final = "TOKIO_WORKER_THREADS"
-
-
 class SmallObjects:
     def __init__(self, store: S3Store) -> None:
         self._store = store
 
     @classmethod
     def for_region(cls, region: RegionSettings, connections: int) -> SmallObjects:
-        os.environ.setdefault(IO_THREADS_VARIABLE, "1")
         # Everything said here: obstore would otherwise also read AWS_* variables of the environment.
         options: dict[str, Any] = {
             "endpoint": region.endpoint,
