@@ -75,10 +75,10 @@ class Ingest:
         try:
             while not stop.is_set():
                 batch = await unless_stopped(consumer.getmany(timeout_ms=_POLL_MS, max_records=BATCH_MAX_RECORDS), stop)
-                if batch and _count(batch) < GATHER_RECORDS and not stop.is_set():
+                if batch and (fetched := _count(batch)) < GATHER_RECORDS and not stop.is_set():
                     await unless_stopped(asyncio.sleep(GATHER_S), stop)
                     # Whatever the fetcher took in meanwhile, without waiting: later offsets of the same partitions.
-                    _merge(batch, await consumer.getmany(timeout_ms=0, max_records=BATCH_MAX_RECORDS - _count(batch)))
+                    _merge(batch, await consumer.getmany(timeout_ms=0, max_records=BATCH_MAX_RECORDS - fetched))
                 if batch:
                     await self._store(batch, stop)
         finally:
