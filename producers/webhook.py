@@ -185,7 +185,7 @@ class WebhookApp:
 
 async def serve_webhook(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the webhook until `stop`; the brokers are probed on a schedule, and /readyz says what it found."""
-    publisher = Publisher(settings.kafka, "webhook")
+    publisher = Publisher(settings.kafka.model_copy(update={"linger_ms": settings.webhook.linger_ms}), "webhook")
     webhook = WebhookApp(settings.webhook, settings.kafka, publisher, max_clock_skew_s=settings.max_clock_skew_s)
     runner = await start_http(
         webhook.app(), settings.webhook.host, settings.webhook.port,

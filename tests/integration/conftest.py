@@ -24,6 +24,7 @@ from typing import Any
 import aioboto3
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.kafka import new_admin, running
 from adapters.store import RegionStore
@@ -286,3 +287,15 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]
         yield Stack(info, root, tmp_path_factory.mktemp("images"), itertools.count(1))
     finally:
         stack.down(root)
+
+
+async def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` on `url`/metrics whose labels include `labels`."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        text = await response.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from yarl import URL
 
 from deploy.local import images, skopeo, stack
 from deploy.registry_config import ACCESS_KEY_ENV, SECRET_KEY_ENV
-from tests.integration.conftest import Stack, run_georep
+from tests.integration.conftest import Stack, metric, run_georep
 from tests.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -60,6 +61,25 @@ async def test_a_region_registry_started_from_the_generated_config_serves_pulls(
         skopeo.pull(f"127.0.0.1:{port}/{repo}:v1", line.workdir / f"generated-{repo.replace('/', '_')}", "v1")
     finally:
         await asyncio.to_thread(stack.stop_pid, proc.pid, argv, 10)
+
+
+async def test_a_push_notifies_the_webhook_once_not_once_per_blob(line: Stack) -> None:
+    """The registry delivers an endpoint's events one at a time, so every blob event it sends delays the
+    pushes queued behind it; the stack's notification config ignores them at the source (both lines give
+    uploaded blobs the media type `application/octet-stream`), and the manifest's event still arrives."""
+    webhook = str(URL(line.info["webhook"]).origin())
+    before = {
+        "published": await metric(webhook, "georep_webhook_events_total", outcome="published"),
+        "skipped": await metric(webhook, "georep_webhook_events_total", outcome="skipped"),
+    }
+    repo = line.unique("notify/app")
+    digest = line.push_image(repo, "v1", images.image([images.layer(30_000, f"{repo}-{i}") for i in range(3)]))
+    await line.replicated(repo, "v1", digest)
+    after = {
+        "published": await metric(webhook, "georep_webhook_events_total", outcome="published"),
+        "skipped": await metric(webhook, "georep_webhook_events_total", outcome="skipped"),
+    }
+    assert after == {"published": before["published"] + 1, "skipped": before["skipped"]}
 
 
 async def test_oras_attach_on_the_primary_is_discovered_in_every_region(line: Stack, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ nobody but the API signed changes nothing, and a read that asks the primary need
 from __future__ import annotations
 
 import asyncio
-import re
 import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +27,7 @@ from engine.events import utcnow
 from engine.replicas import ReplicaDefinition, SignedReplica
 from engine.settings import KafkaSettings
 from engine.signing import new_signing_key, sign
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, metric
 from tests.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -112,13 +111,6 @@ async def attacker_s3() -> AsyncIterator[tuple[str, list[str]]]:
         yield f"http://127.0.0.1:{port}", received
     finally:
         await runner.cleanup()
-
-
-async def metric(url: str, name: str) -> float:
-    """The sum of a Prometheus counter's samples on `url`/metrics."""
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
-        text = await response.text()
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
 
 async def _found(path: Path, text: str) -> bool:
