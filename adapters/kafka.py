@@ -37,6 +37,11 @@ Client = TypeVar("Client", AIOKafkaProducer, AIOKafkaConsumer, AIOKafkaAdminClie
 
 #: how long a fetch waits on the broker for records to arrive (aiokafka's default: 500)
 IDLE_FETCH_MS: Final = 2000
+#: how long aiokafka's fetch routine sleeps when nothing happens (its default: 200). A fetch that returns, a
+#: record consumed, a seek, a resumed partition and a rebalance each wake it at once anyway; the timeout only
+#: makes an idle consumer wake for nothing, 5 times a second each (measured: an idle replicator with two
+#: consumers spent 9 ms of CPU per second at 200, 6.4 at 1000).
+FETCH_ROUTINE_WAKE_MS: Final = 1000
 
 #: what a Kafka operation can fail with, short of a bug
 KAFKA_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError, KafkaUnavailable)
@@ -102,6 +107,7 @@ def new_consumer(
         # A fetch returns as soon as records arrive; this only bounds how often an idle one is asked again.
         # Every georep process follows a few topics, and each idle fetch costs the brokers a TLS round trip.
         "fetch_max_wait_ms": IDLE_FETCH_MS,
+        "consumer_timeout_ms": FETCH_ROUTINE_WAKE_MS,
     }
     consumer = AIOKafkaConsumer(**connection_options(kafka, role), group_id=group, **(defaults | options))
     if topics:

@@ -15,6 +15,7 @@ before any other OSError becomes StorageUnavailable.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -37,6 +38,12 @@ _RETRY: Final[Any] = {
     "retry_timeout": timedelta(seconds=60),
     "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=2), "base": 2},
 }
+
+
+def use_io_threads(count: int) -> None:
+    """Run obstore's requests on `count` threads. Its Rust runtime (tokio) is built on the first request and
+    reads its size from the environment then, so this must come before any request of the process."""
+    os.environ["TOKIO_WORKER_THREADS"] = str(count)
 
 
 class SmallObjects:

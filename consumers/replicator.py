@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -32,6 +32,7 @@ from adapters.kafka import (
     new_consumer,
     started,
 )
+from adapters.objects import use_io_threads
 from adapters.registry import RegistryClient
 from adapters.runtime import retry_until_stopped, start_http
 from adapters.store import RegionStore
@@ -99,7 +100,7 @@ class ReplicatorService:
         paused: set[Any] = set()
         try:
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                batches = await consumer.getmany(timeout_ms=poll_ms(self.lanes.values(), paused), max_records=500)
                 assignment = consumer.assignment()
                 for tp, records in batches.items():
                     if tp not in assignment:
@@ -440,6 +441,7 @@ async def serve_replicator(settings: Settings, region: str, stop: asyncio.Event)
     """
     role = f"replicator-{region}"
     connection_options(settings.kafka, role)  # refuse at start settings that could never connect
+    use_io_threads(settings.replicator.io_threads)
     health = Health(role)
     # One budget for the life of the process: a redefinition must not reset a leak's evidence.
     budget = ByteBudget(settings.replicator.buffer_bytes)
@@ -460,6 +462,21 @@ async def serve_replicator(settings: Settings, region: str, stop: asyncio.Event)
     finally:
         await runner.cleanup()
         await probe.close()
+
+
+#: how long the consume loop waits for records while it has work of its own: a commit due, or a paused
+#: partition to resume once its lane drains (lanes do not wake the loop)
+BUSY_POLL_MS: Final = 200
+#: ... and while every lane is idle, committed and unpaused: records arriving end the wait at once, so
+#: this only bounds how often an idle loop wakes for nothing, and how long a stop takes to be seen
+IDLE_POLL_MS: Final = 1000
+
+
+def poll_ms(lanes: Iterable[Lane], paused: Collection[Any]) -> int:
+    """How long the consume loop may wait for records before it must look at its lanes again."""
+    if paused or any(not lane.idle or lane.uncommitted for lane in lanes):
+        return BUSY_POLL_MS
+    return IDLE_POLL_MS
 
 
 def lane_problems(region: str, lanes: list[Lane]) -> list[Problem]:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from consumers.lanes import Lane
+from consumers.replicator import BUSY_POLL_MS, IDLE_POLL_MS, poll_ms
 from engine import topics
 
 
@@ -270,4 +271,29 @@ async def test_a_failing_tail_is_retried_alone_and_shows_the_stall_until_it_goes
     await until(lambda: lane.done == 1)
     assert (handled, tries) == ([0], 3), "the work ran once; only the tail was retried"
     assert str(lane.stall) == "None", "the stall is gone once the tail went through"
+    await lane.stop(grace_s=1)
+
+
+async def test_the_consume_loop_polls_briefly_only_while_a_lane_has_work_for_it() -> None:
+    """While a lane runs an event, holds an uncommitted offset or sits paused, the loop must look again soon
+    (to commit, to resume); once every lane is idle and committed it may wait for records much longer."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handle(record: Record) -> None:
+        started.set()
+        await release.wait()
+
+    lane = Lane(TP(), handle, buffer=100)
+    assert poll_ms([lane], set()) == IDLE_POLL_MS  # nothing received yet
+    lane.put(Record(7))
+    assert poll_ms([lane], set()) == BUSY_POLL_MS  # queued
+    await started.wait()
+    assert poll_ms([lane], set()) == BUSY_POLL_MS  # running
+    release.set()
+    await until(lambda: lane.done == 8)
+    assert poll_ms([lane], set()) == BUSY_POLL_MS  # done, its offset not committed yet
+    lane.committed = lane.done
+    assert poll_ms([lane], set()) == IDLE_POLL_MS
+    assert poll_ms([lane], {lane.tp}) == BUSY_POLL_MS  # paused: resumed once drained
+    assert BUSY_POLL_MS < IDLE_POLL_MS
     await lane.stop(grace_s=1)

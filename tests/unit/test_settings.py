@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from adapters.objects import use_io_threads
 from engine.logconfig import REDACTED, register_secrets, scrub, settings_secrets
 from engine.settings import CONFIG_ENV, ConfigError, load_settings
 
@@ -121,3 +123,17 @@ def test_topics_get_their_configs_and_min_insync_replicas_with_three_copies() ->
     events = three[KafkaSettings().events_topic]
     assert (events.num_partitions, events.topic_configs["retention.ms"]) == (8, "1000")
     assert three[KafkaSettings().replicas_topic].topic_configs["cleanup.policy"] == "compact"
+
+
+def test_a_replicator_runs_its_region_requests_on_one_io_thread_unless_told_otherwise(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """obstore's runtime reads its size from TOKIO_WORKER_THREADS when it is built; the replicator sets it from
+    `replicator.io_threads` before its first request."""
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    monkeypatch.delenv("TOKIO_WORKER_THREADS", raising=False)
+    use_io_threads(load_settings().replicator.io_threads)
+    assert os.environ["TOKIO_WORKER_THREADS"] == "1"
+    monkeypatch.setenv("GEOREP_REPLICATOR__IO_THREADS", "3")
+    use_io_threads(load_settings().replicator.io_threads)
+    assert os.environ["TOKIO_WORKER_THREADS"] == "3"
