@@ -50,6 +50,15 @@ def _error(status: int, error: str, reason: str) -> web.Response:
     return web.json_response({"error": error, "reason": reason}, status=status)
 
 
+#: skipped events a registry can be told not to send at all, and how (first one of each kind logs it once)
+_AVOIDABLE: Final = {
+    "blob": "ignore them at the source: add application/octet-stream (the type distribution gives every uploaded "
+    "blob) to the endpoint's ignore.mediatypes; a push then sends one notification instead of one per blob "
+    "(deploy/k8s/README.md, the notifications example)",
+    "pull": "ignore them at the source: add pull to the endpoint's ignore.actions",
+}
+
+
 class WebhookApp:
     def __init__(
         self,
@@ -70,6 +79,8 @@ class WebhookApp:
         # Ids of events Kafka already took: a registry redelivers an event whose answer it
         # did not get (a timeout, a restart), and that must not become a second replication.
         self._published = RecentIds(webhook.dedupe_window)
+        #: (source, kind) of the avoidable events already warned about: once per process is enough
+        self._advised: set[tuple[str, str]] = set()
         self.health = health or Health("webhook")
         #: probes the brokers on a schedule (run by `serve_webhook`); /readyz and /healthz say what it found
         self.monitor = KafkaMonitor(
@@ -142,6 +153,13 @@ class WebhookApp:
             bound.info(
                 "webhook.event_skipped", index=skip.index, event_id=skip.event_id, kind=skip.kind, reason=skip.reason
             )
+            if skip.kind in _AVOIDABLE and (source, skip.kind) not in self._advised:
+                self._advised.add((source, skip.kind))
+                bound.warning(
+                    "webhook.avoidable_events", kind=skip.kind, advice=_AVOIDABLE[skip.kind],
+                    reason="the registry notifies georep of events georep never replicates; it sends an endpoint's "
+                    "notifications one at a time, so each one delays the pushes queued behind it",
+                )  # fmt: skip
             SKIPPED.labels(source, skip.kind).inc()
         EVENTS.labels(source, "skipped").inc(len(parsed.skipped))
         if parsed.events:

@@ -187,6 +187,8 @@ async def logstore_queries(bench: Bench, run: str, records: int = 1_000_000, tri
     return {
         "records": records, "fill_s": fill_s,
         **{f"{name}_ms": {"median": statistics.median(t) * 1000, "max": max(t) * 1000} for name, t in timings.items()},
+        # Every answer, in order: a slow one is then placed (the first after the load, or one among many).
+        "samples_ms": {name: [round(x * 1000, 1) for x in t] for name, t in timings.items()},
     }  # fmt: skip
 
 

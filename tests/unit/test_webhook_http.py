@@ -102,6 +102,24 @@ async def test_skipped_only_envelope_is_acknowledged_without_kafka(client: TestC
     }
 
 
+async def test_events_the_registry_need_not_send_are_pointed_out_once_each(client: TestClient) -> None:  # type: ignore[type-arg]
+    """A registry set up without the ignore entries sends a notification per uploaded blob (and per pull): each is
+    acknowledged and skipped, and the first of each kind tells the operator which setting stops them."""
+    blob = dist_event(media_type="application/octet-stream")
+    with capture_logs() as logs:
+        for body in (envelope(blob), envelope(blob, dist_event("pull")), envelope(dist_event("pull"), blob)):
+            response = await client.post("/webhooks/distribution", data=body, headers=auth())
+            assert response.status == 200
+            assert (await response.json())["published"] == []
+    advice = {entry["kind"]: entry["advice"] for entry in logs if entry["event"] == "webhook.avoidable_events"}
+    assert [entry["kind"] for entry in logs if entry["event"] == "webhook.avoidable_events"] == ["blob", "pull"]
+    assert "application/octet-stream" in advice["blob"]
+    assert "ignore.mediatypes" in advice["blob"]
+    assert "ignore.actions" in advice["pull"]
+    assert all(entry["log_level"] == "warning" for entry in logs if entry["event"] == "webhook.avoidable_events")
+    assert sum(entry["event"] == "webhook.event_skipped" for entry in logs) == 5
+
+
 async def test_kafka_down_gets_503_so_the_registry_retries(client: TestClient, webhook: WebhookApp) -> None:  # type: ignore[type-arg]
     response = await client.post("/webhooks/distribution", data=envelope(dist_event()), headers=auth())
     assert response.status == 503
