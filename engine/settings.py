@@ -194,9 +194,9 @@ class ReplicatorSettings(_Part):
     #: (a leak, or a copy hung for good): /healthz answers 503 and names the held bytes
     budget_stall_s: float = Field(300.0, gt=0)
     #: threads that carry the region's small-object requests (obstore's Rust runtime; its default is one per
-    #: core). Each request costs its thread about 0.3 ms, so one keeps up with what a region takes; more only
-    #: add wake-ups between threads (measured: CPU per new image 0.435 of the S3 server's with one, 0.45
-    #: with two, on 2 cores).
+    #: core). Each request costs its thread about 0.4 ms, so one keeps up with what a region takes; more only
+    #: add wake-ups between threads (measured on 2 cores: CPU per new image 0.43 of the S3 server's with
+    #: one, 0.45 with two, medians of 6 runs).
     io_threads: int = Field(1, ge=1)
     #: how often finished events' offsets are committed (each commit is a Kafka request; a crash replays
     #: what was finished since the last one, which is harmless)
