@@ -40,6 +40,9 @@ MEDIA_TYPES: Final = frozenset(
         "application/json",
     }
 )
+#: the media type distribution gives every uploaded blob: an endpoint that ignores it gets one event per push,
+#: not one per blob besides (blob events need no replication: the manifest's push copies its blobs)
+BLOB_MEDIA_TYPE: Final = "application/octet-stream"
 #: one event per envelope in practice; more than this many is not a registry's envelope but an oversized body
 MAX_EVENTS: Final = 1000
 

@@ -52,9 +52,9 @@ def _error(status: int, error: str, reason: str) -> web.Response:
 
 #: skipped events a registry can be told not to send at all, and how (first one of each kind logs it once)
 _AVOIDABLE: Final = {
-    "blob": "ignore them at the source: add application/octet-stream (the type distribution gives every uploaded "
-    "blob) to the endpoint's ignore.mediatypes; a push then sends one notification instead of one per blob "
-    "(deploy/k8s/README.md, the notifications example)",
+    "blob": f"ignore them at the source: add {distribution.BLOB_MEDIA_TYPE} (the type distribution gives every "
+    "uploaded blob) to the endpoint's ignore.mediatypes; a push then sends one notification instead of one per "
+    "blob (deploy/k8s/README.md, the notifications example)",
     "pull": "ignore them at the source: add pull to the endpoint's ignore.actions",
 }
 

@@ -13,6 +13,7 @@ from deploy.registry_config import load_primary_config, registry_config, render
 from engine.replicas import ReplicaDefinition
 from engine.settings import KafkaSettings
 from engine.signing import public_key
+from producers.distribution import BLOB_MEDIA_TYPE
 
 PRIMARY_REGION = "us-virginia"
 DEFAULT_REGIONS = ("ap-singapore", "eu-frankfurt")
@@ -28,11 +29,10 @@ JURISDICTIONS = {
 }
 CLOSED_JURISDICTIONS = ("CN",)
 NOT_OFFERED = ("us-gov-east",)
-# The media type distribution gives every uploaded blob. Its push events need no replication (the manifest's
-# push copies its blobs), and the registry delivers an endpoint's events one at a time: sent, they would be
-# two of every three round trips of a one-layer image, and under load its queue of pushes falls behind.
-# (It also makes `ignore.actions` work: distribution 2.8.2 applies it only beside a non-empty `mediatypes`.)
-BLOB_MEDIA_TYPE = "application/octet-stream"
+# The primary ignores blob events (BLOB_MEDIA_TYPE). The registry delivers an endpoint's events one at a time:
+# sent, they would be two of every three round trips of a one-layer image, and under load its queue of pushes
+# falls behind. (It also makes `ignore.actions` work: distribution 2.8.2 applies it only beside a non-empty
+# `mediatypes`.)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ import yaml
 from pydantic import BaseModel
 
 from adapters.kafka import topic_specs
-from deploy.local.configs import BLOB_MEDIA_TYPE
 from deploy.local.kafka_security import Acl, role_acls
 from deploy.registry_config import registry_config
 from engine.layout import Layout
@@ -41,6 +40,7 @@ from engine.settings import (
     Settings,
     load_settings,
 )
+from producers.distribution import BLOB_MEDIA_TYPE
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
