@@ -109,8 +109,14 @@ async def test_4_corrupt_bytes_from_the_primary_are_never_written_and_redrive_re
         out = await georep(f, "redrive", "--region", region)
         assert f"{region}: 1 dead letter(s) redriven" in out, out
         await f.replicated(repo, "v1", digest)
-    records = await f.log_records(repository=repo, region=region)
-    assert [r["status"] for r in records][-1] == "succeeded"
+
+    # The region serves the image a moment before its record reaches the log store: wait for the record.
+    async def latest() -> list[str] | None:
+        statuses = [r["status"] for r in await f.log_records(repository=repo, region=region)]
+        return statuses if statuses and statuses[-1] != "dead-lettered" else None
+
+    statuses = await until(latest, "the redriven event's record", 30)
+    assert statuses[-1] == "succeeded"
     f.pull_everywhere(repo, "v1", digest)
     # A second redrive finds nothing new: each dead letter is redriven once.
     assert f"{region}: 0 dead letter(s) redriven" in await georep(f, "redrive", "--region", region)
