@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import structlog
@@ -70,6 +70,20 @@ def _limit(server: web.Server, most: int) -> None:
         admit(handler, transport)
 
     server.connection_made = connection_made  # type: ignore[method-assign]
+
+
+async def in_slices(items: Iterable[T], size: int = 250) -> list[T]:
+    """`items` as a list, letting other tasks run after every `size` of them.
+
+    For CPU-bound work over a big batch on the event loop (decoding, building rows): done in one go, 5,000
+    log records held the loop for about 100 ms, and every HTTP answer waiting on it for as long.
+    """
+    done: list[T] = []
+    for item in items:
+        done.append(item)
+        if len(done) % size == 0:
+            await asyncio.sleep(0)
+    return done
 
 
 async def unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:

@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from adapters.health import Health
 from adapters.kafka import KAFKA_ERRORS, ensure_topics, new_consumer, started
-from adapters.runtime import retry_until_stopped, unless_stopped
+from adapters.runtime import in_slices, retry_until_stopped, unless_stopped
 from consumers.logstore.store import LogStore
 from consumers.logstore.wire import decode_record
 from engine.errors import InvalidEvent
@@ -33,7 +33,10 @@ from engine.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
 
-BATCH_MAX_RECORDS: Final = 5000
+#: Records per transaction while catching up. With 5,000, a store of 1,000,000 records that was reading a
+#: backlog answered GET /status in up to 260 ms even with the decoding sliced (in_slices); with 1,000 its worst
+#: of 40 was 99 ms, and ingest still ran at 7,100 records/s (measured on one machine, in one session).
+BATCH_MAX_RECORDS: Final = 1000
 _POLL_MS: Final = 500
 #: A batch smaller than this waits GATHER_S for more before it is written: under a steady trickle of records
 #: (tag-only events at a hundred a second) a transaction per record or two cost the API process 1 ms of CPU
@@ -109,7 +112,7 @@ class Ingest:
 
     async def _store(self, batch: Batch, stop: asyncio.Event) -> None:
         """Write the batch's valid records with the positions they reach; retried while the database is busy."""
-        records = list(_decode(batch))
+        records = await in_slices(_decode(batch))
         positions = {(tp.topic, tp.partition): messages[-1].offset + 1 for tp, messages in batch.items() if messages}
 
         async def write() -> int:

@@ -28,6 +28,7 @@ from typing import Any, Final, Self
 
 import aiosqlite
 
+from adapters.runtime import in_slices
 from consumers.logstore.query import LogQuery
 from engine.events import ReplicationRecord
 from engine.settings import ConfigError
@@ -259,7 +260,7 @@ class LogStore:
         """Store records, and how far the topic was read (`positions`: (topic, partition) -> next offset),
         in one transaction; returns how many records were new or newer than what was stored."""
         writer, _ = self._connections()
-        rows = [_row(record) for record in records]
+        rows = await in_slices(map(_row, records))
         marks = [(topic, partition, offset) for (topic, partition), offset in (positions or {}).items()]
         if not rows and not marks:
             return 0
