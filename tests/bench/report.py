@@ -88,7 +88,8 @@ def _cost_rows(results: dict[str, Any], hot: dict[str, Any]) -> list[str]:
     ingest, queries = costs["logstore_ingest"], costs["logstore_queries"]
     tag_only = hot["replicated_events_s"]["median"]
     return [
-        f"| CPU per new small image and region (ms): replicator | {_spread(cpu['replicator_ms'])} | "
+        f"| CPU per new small image and region (ms), restarted replicators: replicator | "
+        f"{_spread(cpu['replicator_ms'])}; idle {cpu['replicator_idle_ms_s']['median']:.1f} ms/s | "
         f"its S3 server {_spread(cpu['s3_ms'])} | {cpu['ratio']['median']:.2f}× (target ≤ 0.4×) |",
         *_client_row(costs),
         f"| tag-only events/s per region | {tag_only:.0f} | before: {TAG_ONLY_BEFORE_EVENTS_S:.0f} | "

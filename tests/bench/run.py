@@ -160,6 +160,10 @@ async def run_all(bench: Bench, runs: int, quick: bool) -> dict[str, Any]:
                                           for r in raw["cpu"]]),
                 "s3_ms": summary([statistics.median(x["s3_ms"] for x in r["per_region"].values())
                                   for r in raw["cpu"]]),
+                "replicator_idle_ms_s": summary([
+                    statistics.median(x["idle_ms_per_s"]["replicator"] for x in r["per_region"].values())
+                    for r in raw["cpu"]
+                ]),
                 "runs": raw["cpu"],
             },
             "client": {
