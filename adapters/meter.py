@@ -8,9 +8,13 @@ many it made. The spacing is aiolimiter's leaky bucket.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator
 from types import TracebackType
+from typing import TypeVar
 
 from aiolimiter import AsyncLimiter
+
+T = TypeVar("T")
 
 
 class Meter:
@@ -23,6 +27,18 @@ class Meter:
         if self._limiter is not None:
             await self._limiter.acquire()
         self.requests += 1
+
+    async def each(self, requests: AsyncIterable[T]) -> AsyncIterator[T]:
+        """The items of `requests`, an async iterator that makes one request per item (a listing's pages), each
+        counted and spaced like any other request."""
+        iterator = aiter(requests)
+        while True:
+            async with self:
+                try:
+                    item = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+            yield item
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

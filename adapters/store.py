@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -29,10 +29,11 @@ from engine.errors import StorageUnavailable
 from engine.settings import RegionSettings
 
 if TYPE_CHECKING:
+    from obstore import ObjectMeta
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 else:
-    S3Client = CompletedPartTypeDef = Any
+    S3Client = CompletedPartTypeDef = ObjectMeta = Any
 
 log = structlog.get_logger(__name__)
 
@@ -173,31 +174,23 @@ class RegionStore:
         return Digest(algorithm, hasher.hexdigest())
 
     async def keys(self, prefix: str) -> AsyncIterator[str]:
-        """Every key under `prefix` (ListObjectsV2, page by page)."""
-        async for page in self._pages("list_objects_v2", prefix):
-            for item in page.get("Contents", []):
-                yield item["Key"]
+        """Every key under `prefix`, a folder (empty, or ending in "/"), page by page."""
+        async for page in self._pages(prefix):
+            for meta in page:
+                yield meta["path"]
 
     async def listing(self, prefix: str) -> dict[str, tuple[int, str, datetime]]:
-        """key -> (size, ETag without quotes, last modified) of every object under `prefix`."""
+        """key -> (size, ETag without quotes, last modified) of every object under `prefix`, a folder."""
         found: dict[str, tuple[int, str, datetime]] = {}
-        async for page in self._pages("list_objects_v2", prefix):
-            for item in page.get("Contents", []):
-                etag = str(item.get("ETag", "")).strip('"')
-                found[item["Key"]] = (int(item["Size"]), etag, item["LastModified"])
+        async for page in self._pages(prefix):
+            for meta in page:
+                found[meta["path"]] = (meta["size"], (meta["e_tag"] or "").strip('"'), meta["last_modified"])
         return found
 
-    async def _pages(self, operation: Any, prefix: str) -> AsyncIterator[dict[str, Any]]:
-        """The pages of a listing, each one metered request."""
-        pages = self._s3.get_paginator(operation).paginate(Bucket=self.bucket, Prefix=prefix).__aiter__()
-        with _storage_errors(prefix):
-            while True:
-                async with self.meter:
-                    try:
-                        page: dict[str, Any] = await anext(pages)
-                    except StopAsyncIteration:
-                        return
-                yield page
+    async def _pages(self, prefix: str) -> AsyncIterator[Sequence[ObjectMeta]]:
+        """The pages of a listing, each one metered request (a page is one ListObjectsV2 of up to 1,000 keys)."""
+        async for page in self.meter.each(self._objects.pages(prefix)):
+            yield page
 
     async def get(self, key: str) -> bytes | None:
         async with self.meter:
@@ -230,8 +223,10 @@ class RegionStore:
     async def open_uploads(self, prefix: str = "") -> list[tuple[str, str, datetime]]:
         """(key, upload id, initiated) of every unfinished multipart upload under `prefix`."""
         found: list[tuple[str, str, datetime]] = []
-        async for page in self._pages("list_multipart_uploads", prefix):
-            found += [(u["Key"], u["UploadId"], u["Initiated"]) for u in page.get("Uploads", [])]
+        pages = self._s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+        with _storage_errors(prefix):
+            async for page in self.meter.each(pages):
+                found += [(u["Key"], u["UploadId"], u["Initiated"]) for u in page.get("Uploads", [])]
         return found
 
     async def abort_uploads(self, prefix: str, before: datetime) -> int:

@@ -12,6 +12,9 @@ notifications are gone, as in fault test 11), with the region's replicator stopp
 back finds them and publishes their repairs; the drift is over when the region serves every moved tag at its
 new digest (timed from the replicator's start).
 
+Each pass also gives the replicator's CPU per repository: its CPU from the end of what came before (its start,
+or the previous pass) to the end of the pass, over the repositories the pass went through.
+
 Run first on a fresh stack: a pass walks the whole catalog, and this counts the catalog as these tags alone.
 """
 
@@ -29,7 +32,7 @@ from adapters.kafka import new_consumer, running
 from deploy.local.probe import served_digest
 from engine import topics
 from engine.events import ReconcilePass, utcnow
-from tests.bench.harness import Bench, succeeded_per_region
+from tests.bench.harness import Bench, cpu_s, succeeded_per_region
 from tests.bench.pusher import Layer, Pusher
 
 #: passes back to back; full checks off (they have their own cadence); budgets above what a pass here asks
@@ -49,8 +52,11 @@ async def reconcile_pass(bench: Bench, run: str, repositories: int = 1000, tags:
     await bench.stop(f"replicator-{region}")
     since = utcnow()
     await bench.start(f"replicator-{region}", FAST)
+    cpu = Cpu(bench.pid(f"replicator-{region}"))
     first = await _pass(bench, region, since)
+    first_cpu = cpu.lap()
     matching = await _pass(bench, region, max(p.finished_at for p in first))
+    matching_cpu = cpu.lap()
 
     count = repositories * tags // 100  # 1% of the tags: `t0` of every n-th repository
     moved = repos[:: max(1, repositories // count)][:count]
@@ -59,7 +65,9 @@ async def reconcile_pass(bench: Bench, run: str, repositories: int = 1000, tags:
     new = await _lose_moves(bench, moved)
     since, started = utcnow(), time.monotonic()
     await bench.start(f"replicator-{region}", FAST)
+    cpu = Cpu(bench.pid(f"replicator-{region}"))
     drift = await _pass(bench, region, since)
+    drift_cpu = cpu.lap()
     await _served(bench, region, {(repo, "t0"): digest for repo, digest in new.items()}, 600)
     converged_s = time.monotonic() - started
 
@@ -69,9 +77,9 @@ async def reconcile_pass(bench: Bench, run: str, repositories: int = 1000, tags:
         "region": region,
         "tags": repositories * tags,
         "repositories": repositories,
-        "first": _summary(first),
-        "matching": _summary(matching),
-        "drift": _summary(drift) | {"moved": len(moved), "converged_s": converged_s},
+        "first": _summary(first, first_cpu),
+        "matching": _summary(matching, matching_cpu),
+        "drift": _summary(drift, drift_cpu) | {"moved": len(moved), "converged_s": converged_s},
     }
 
 
@@ -147,7 +155,20 @@ async def _served(bench: Bench, region: str, expected: dict[tuple[str, str], str
                 await asyncio.sleep(1)  # a region catching up: nothing to wait on but its registry
 
 
-def _summary(passes: list[ReconcilePass]) -> dict[str, Any]:
+class Cpu:
+    """A process's CPU seconds, lap by lap."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.mark = cpu_s(pid)
+
+    def lap(self) -> float:
+        now = cpu_s(self.pid)
+        spent, self.mark = now - self.mark, now
+        return spent
+
+
+def _summary(passes: list[ReconcilePass], cpu_seconds: float) -> dict[str, Any]:
     started = min(p.started_at for p in passes)
     finished = max(p.finished_at for p in passes)
     repositories = sum(p.repositories for p in passes)
@@ -164,6 +185,7 @@ def _summary(passes: list[ReconcilePass]) -> dict[str, Any]:
         "requests_primary": sum(p.requests_primary for p in passes),
         "requests_region": sum(p.requests_region for p in passes),
         "region_requests_per_repository": sum(p.requests_region for p in passes) / max(repositories, 1),
+        "cpu_ms_per_repository": cpu_seconds * 1000 / max(repositories, 1),
         "drift": drift,
         "repairs": sum(p.repairs for p in passes),
     }

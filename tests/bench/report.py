@@ -123,7 +123,8 @@ def _reconcile_rows(results: dict[str, Any]) -> list[str]:
             f"| reconcile, {tags:,} tags in {repositories:,} repositories: {what}: s; requests primary / region | "
             f"{p['seconds']:.1f} s; {p['requests_primary']:,} / {p['requests_region']:,} | "
             f"{p['unchanged']:,} unchanged, {p['repairs']} repairs | "
-            f"{p['region_requests_per_repository']:.2f} region requests per repository |"
+            f"{p['region_requests_per_repository']:.2f} region requests and "
+            f"{p.get('cpu_ms_per_repository', float('nan')):.1f} ms of replicator CPU per repository |"
         )
     rows.append(
         f"| reconcile: 1% drift made -> every moved tag served in {passes['region']} (s) | "
