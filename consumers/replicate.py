@@ -295,6 +295,10 @@ def _shown(state: TagState) -> str:
 
 async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """Run concurrently; on the first failure cancel the rest and raise that failure itself."""
+    coros = list(coros)
+    if len(coros) == 1:
+        # Most steps of an image are one write: a task and a group for it cost more than the write's own call.
+        return [await coros[0]]
     async with task_group() as group:
         tasks = [group.create_task(coro) for coro in coros]
     return [task.result() for task in tasks]
