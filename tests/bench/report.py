@@ -49,7 +49,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"skopeo sync {_spread(bulk['skopeo_s'])} | georep {bulk['speedup_vs_skopeo']:.2f}× faster |",
         f"| bulk throughput (MB/s, all regions) | {_spread(bulk['georep_mb_s'])} | "
         f"S3 write ceiling {_spread(c['s3_write_mb_s'])} | {bulk['fraction_of_s3_ceiling']:.0%} of ceiling |",
-        *_cores_rows(bulk.get("cores")),
+        *_cores_rows(bulk.get("cores"), bulk["georep_mb_s"]["median"], c["s3_write_mb_s"]["median"]),
     ]
     for key in ("latency_low", "latency"):
         for region, stats in results[key]["per_region"].items():
@@ -236,11 +236,23 @@ def _hot_cpu_rows(hot: dict[str, Any]) -> list[str]:
     ]
 
 
-def _cores_rows(cores: dict[str, dict[str, float]] | None) -> list[str]:
-    """Rows of the cores each role keeps busy, copying the bulk and writing the ceiling (medians of the runs)."""
+def bulk_bound(busy: float, mb_s: float, ceiling_mb_s: float, cores: int, target: float = 0.9) -> tuple[float, float]:
+    """At the CPU per megabyte a bulk copy cost (`busy` cores for `mb_s`): the cores `target` of the S3 ceiling
+    would need, and the most of the ceiling `cores` could reach with every one of them busy copying."""
+    per_mb = busy / mb_s  # core-seconds per MB
+    return per_mb * target * ceiling_mb_s, cores / per_mb / ceiling_mb_s
+
+
+def _cores_rows(cores: dict[str, dict[str, float]] | None, mb_s: float, ceiling_mb_s: float) -> list[str]:
+    """Rows of the cores each role keeps busy, copying the bulk and writing the ceiling (medians of the runs),
+    and what that CPU per megabyte allows on this machine."""
     if not cores:
         return []
+    have = os.cpu_count() or 1
+    needed, best = bulk_bound(cores["georep"]["total"], mb_s, ceiling_mb_s, have)
     return [
-        f"| cores busy while copying the bulk (of {os.cpu_count()}) | {_by_role(cores['georep'])} | "
-        f"ceiling: {_by_role(cores['ceiling'])} | |"
+        f"| cores busy while copying the bulk (of {have}) | {_by_role(cores['georep'])} | "
+        f"ceiling: {_by_role(cores['ceiling'])} | |",
+        f"| bulk at this CPU per MB: cores that 90% of the ceiling needs / most of the ceiling {have} cores reach "
+        f"| {needed:.2f} / {best:.0%} | | target ≥ 90% |",
     ]
