@@ -668,6 +668,19 @@ def wipe_kafka(root: Path, name: str) -> None:
         raise StackError(f"formatting {name} again failed:\n{result.stdout}\n{result.stderr}")
 
 
+def join(root: Path, name: str, command: dict[str, Any]) -> Proc:
+    """Start a process that joins the stack after `up` (a test's extra registry or replicator) and record it in
+    stack.json under `name` and its pid, so `down` stops it too, even if whoever started it never gets to (a
+    test killed by its timeout)."""
+    proc = spawn(command)
+    info = _read(root)
+    key = f"{name}@{proc.pid}"  # a name may be used again; every process it named must still be stopped
+    info["pids"][key] = proc.pid
+    info["commands"][key] = command
+    (root / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return proc
+
+
 def restart(root: Path, name: str, env: dict[str, str] | None = None) -> int:
     """Start one stopped component again as `up` did (plus `env`, if given); returns its new pid."""
     info = _read(root)

@@ -111,7 +111,7 @@ async def test_6_a_second_replicator_joins_then_the_first_leaves_and_every_image
 
     for repo in repos[:4]:
         pushed[repo] = await push(f, repo, "v1", 20_000, repo)
-    extra = stack.spawn(second)
+    extra = stack.join(f.root, name, second)
     try:
         for repo in repos[4:8]:  # while the group rebalances onto two members
             pushed[repo] = await push(f, repo, "v1", 20_000, repo)

@@ -186,7 +186,7 @@ class Stack(stack.Running):
         assert code == 0, err
         logs = self.root / "logs"
         registry_argv = [self.registry, "serve", str(config)]
-        registry_proc = stack.spawn({
+        registry_proc = stack.join(self.root, f"registry-{name}", {
             "argv": registry_argv, "log": str(logs / f"registry-{name}.log"),
             "env": {ACCESS_KEY_ENV: base["access_key"], SECRET_KEY_ENV: base["secret_key"]},
         })  # fmt: skip
@@ -201,13 +201,15 @@ class Stack(stack.Running):
             "--region",
             name,
         ]
-        env = (env or {}) | await self.principal(f"replicator-{name}")
-        replicator = stack.spawn({
-            "argv": replicator_argv, "log": str(logs / f"replicator-{name}.log"),
-            "env": env | {"GEOREP_REPLICATOR__PORT": str(base_port + 40 + slot)},
-        })  # fmt: skip
-        region = ExtraRegion(name, bucket, registry, replicator, replicator_argv, health, logs, env)
+        region: ExtraRegion | None = None
         try:
+            # Inside the try: a failure here must still stop the registry started above, and delete the replica.
+            env = (env or {}) | await self.principal(f"replicator-{name}")
+            replicator = stack.join(self.root, f"replicator-{name}", {
+                "argv": replicator_argv, "log": str(logs / f"replicator-{name}.log"),
+                "env": env | {"GEOREP_REPLICATOR__PORT": str(base_port + 40 + slot)},
+            })  # fmt: skip
+            region = ExtraRegion(name, bucket, registry, replicator, replicator_argv, health, logs, env, self.root)
             await stack.wait_ready(f"registry-{name}", registry_proc, lambda: stack._http_ok(f"http://{registry}/v2/"),
                                    logs / f"registry-{name}.log", 60)  # fmt: skip
             await stack.wait_ready(f"replicator-{name}", replicator, lambda: stack._http_ok(f"{health}/readyz"),
@@ -217,7 +219,7 @@ class Stack(stack.Running):
             try:
                 await self.api("DELETE", f"/replicas/{name}")
             finally:
-                for proc in [replicator, *region.more]:
+                for proc in [region.replicator, *region.more] if region else []:
                     stack.stop_pid(proc.pid, replicator_argv, grace_s=30)
                 stack.stop_pid(registry_proc.pid, registry_argv, grace_s=10)
 
@@ -233,14 +235,16 @@ class ExtraRegion:
     health: str
     logs: Path
     env: dict[str, str]
+    #: the stack's directory, where processes that join it are recorded
+    stack_root: Path
     #: replicators started by `add_replicator`
     more: list[stack.Proc] = field(default_factory=list)
 
     async def add_replicator(self, port: int) -> str:
         """Start one more replicator of the region (same group); its HTTP base URL once it is ready."""
         log = self.logs / f"replicator-{self.name}-{port}.log"
-        proc = stack.spawn({"argv": self.replicator_argv, "log": str(log),
-                            "env": self.env | {"GEOREP_REPLICATOR__PORT": str(port)}})  # fmt: skip
+        proc = stack.join(self.stack_root, f"replicator-{self.name}-{port}", {"argv": self.replicator_argv,
+                          "log": str(log), "env": self.env | {"GEOREP_REPLICATOR__PORT": str(port)}})  # fmt: skip
         self.more.append(proc)
         url = f"http://127.0.0.1:{port}"
         await stack.wait_ready(f"replicator-{self.name}-{port}", proc, lambda: stack._http_ok(f"{url}/readyz"), log, 60)

@@ -52,7 +52,7 @@ async def test_a_region_registry_started_from_the_generated_config_serves_pulls(
     keys = {ACCESS_KEY_ENV: line.regions[region]["access_key"], SECRET_KEY_ENV: line.regions[region]["secret_key"]}
     argv = [line.registry, "serve", str(config)]
     log = line.root / "logs" / f"generated-{region}.log"
-    proc = stack.spawn({"argv": argv, "env": keys, "log": str(log)})
+    proc = stack.join(line.root, f"generated-{region}", {"argv": argv, "env": keys, "log": str(log)})
     try:
         await stack.wait_ready(
             "generated registry", proc, lambda: stack._http_ok(f"http://127.0.0.1:{port}/v2/_catalog?n=1"), log, 60
