@@ -113,18 +113,23 @@ async def test_backfill_during_live_pushes_then_resumes_after_a_crash(live: Stac
 
 async def _crash_and_resume(live: Stack, region: str) -> None:
     """Kill a backfill re-run a few repositories in; the next run resumes after the last one it finished."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "georep", "--config", live.info["config"], "backfill", "--region", region, "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    # Its log goes to a file: a pipe nobody reads fills up and blocks the backfill at its next log line.
+    log = live.root / "logs" / f"backfill-{region}-crashed.log"
+    with log.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "georep", "--config", live.info["config"], "backfill", "--region", region, "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=stderr,
+        )  # fmt: skip
     assert proc.stdout is not None
+    last: dict[str, Any] = {}
     try:
         async with asyncio.timeout(60):
-            while True:
+            while last.get("repositories_done", 0) < 10:
                 line = await proc.stdout.readline()
-                assert line, "the backfill ended before it was killed"
-                if json.loads(line)["repositories_done"] >= 10:
-                    break
+                assert line, f"the backfill ended before it was killed:\n{log.read_text()[-3000:]}"
+                last = json.loads(line)
+    except TimeoutError:
+        pytest.fail(f"no 10 repositories done in 60 s; last progress {last}; its log:\n{log.read_text()[-3000:]}")
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
